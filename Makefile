@@ -1,0 +1,47 @@
+# `make pretrain-set` and `make test` each work as the first command on a fresh clone: they create
+# .venv, install the pinned dependencies and the system binaries (ffmpeg, espeak-ng) when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SOURCE ?=
+RUN ?=
+RAY_ADDRESS ?=
+SET ?=
+ARGS ?=
+
+RUN_FLAGS = $(if $(SOURCE),--source $(SOURCE)) $(if $(RUN),--run $(RUN)) \
+            $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) $(foreach s,$(SET),--set $(s)) $(ARGS)
+
+.PHONY: setup system-deps pretrain-set test bench samples clean
+
+setup: $(VENV)/.installed system-deps
+
+system-deps:
+	@missing=""; \
+	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
+	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+samples: setup
+	$(PY) -m pipeline.samples samples/build
+
+pretrain-set: setup
+	$(PY) -m pipeline run pretrain $(RUN_FLAGS)
+
+test: setup
+	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q $(ARGS)
+
+bench: setup
+	$(PY) -m bench.caption_clip
+
+clean:
+	rm -rf runs samples/build

@@ -1,0 +1,1 @@
+"""Arrow schemas of every stage's manifest, id rules and schema checks."""

@@ -1,0 +1,96 @@
+"""Arrow schemas of the stage manifests. Every manifest starts with `id`, `status`, `reason`.
+
+Times are seconds (float64). A word list is `list<struct<start, end, word>>`.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+WORD = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("word", pa.string())])
+WORDS = pa.list_(WORD)
+
+ROW = [("id", pa.string()), ("status", pa.string()), ("reason", pa.string())]
+
+SOURCE = pa.schema([
+    ("id", pa.string()),
+    ("source_row", pa.int64()),
+    ("raw", pa.string()),           # the source row as JSON (or the raw line when it did not parse)
+    ("parse_error", pa.string()),   # why the row is unusable, set by the source reader
+])
+
+VIDEO = [
+    ("url", pa.string()),
+    ("title", pa.string()),
+    ("duration", pa.float64()),
+    ("width", pa.int64()),
+    ("height", pa.int64()),
+    ("language", pa.string()),
+    ("categories", pa.list_(pa.string())),
+    ("category", pa.string()),
+    ("captions", pa.string()),      # a captions file the source row named (path or URL)
+]
+
+METADATA_FILTER = pa.schema(ROW + VIDEO + [("source_row", pa.int64()), ("metadata_from", pa.string())])
+
+MEDIA = [
+    ("media_path", pa.string()),
+    ("media_bytes", pa.int64()),
+    ("has_audio", pa.bool_()),
+    ("captions_path", pa.string()),
+    ("captions_kind", pa.string()),   # manual | automatic | provided
+    ("captions_format", pa.string()),  # vtt | srt | json3
+    ("info_path", pa.string()),
+    ("attempts", pa.int64()),
+]
+
+DOWNLOAD = pa.schema(ROW + VIDEO + MEDIA)
+
+CAPTION_WORDS = pa.schema(ROW + [
+    ("title", pa.string()),
+    ("category", pa.string()),
+    ("duration", pa.float64()),
+    ("media_path", pa.string()),
+    ("captions_kind", pa.string()),
+    ("words", WORDS),
+    ("word_count", pa.int64()),
+    ("distinct_words", pa.int64()),
+])
+
+CLIP = [
+    ("clip_id", pa.string()),
+    ("video_id", pa.string()),
+    ("start", pa.float64()),
+    ("end", pa.float64()),
+    ("words", WORDS),
+    ("previous", pa.string()),
+    ("title", pa.string()),
+    ("category", pa.string()),
+    ("media_path", pa.string()),
+]
+
+CLIP_SPLIT = pa.schema(ROW + CLIP + [("word_count", pa.int64()), ("span", pa.float64()), ("wps", pa.float64())])
+
+SHARD = pa.schema(ROW + [
+    ("clip_id", pa.string()),
+    ("video_id", pa.string()),
+    ("start", pa.float64()),
+    ("end", pa.float64()),
+    ("shard", pa.string()),    # tar file name under RUN/shards/
+    ("key", pa.string()),      # WebDataset sample key
+    ("video_bytes", pa.int64()),
+    ("video_duration", pa.float64()),
+])
+
+
+def check_table(table: pa.Table, schema: pa.Schema) -> None:
+    """Raise ValueError when a manifest does not carry the columns of its schema with their types."""
+    missing = [f.name for f in schema if f.name not in table.schema.names]
+    if missing:
+        raise ValueError(f"manifest lacks columns {missing}")
+    wrong = [f"{f.name}: {table.schema.field(f.name).type} != {f.type}" for f in schema
+             if not table.schema.field(f.name).type.equals(f.type)]
+    if wrong:
+        raise ValueError("manifest column types differ: " + "; ".join(wrong))
+    bad = set(table.column("status").to_pylist()) - {"ok", "dropped", "error"}
+    if bad:
+        raise ValueError(f"manifest has unknown status values {sorted(bad)}")

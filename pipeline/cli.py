@@ -1,0 +1,106 @@
+"""`python -m pipeline run|status|inspect`: the command line. Heavy imports happen per command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.config import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="LiveCC-style dataset builder")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a profile (pretrain, sft, or a YAML file)")
+    run.add_argument("profile")
+    run.add_argument("--source", help="video list: JSONL, Parquet or CSV with a `url` column")
+    run.add_argument("--run", dest="run_dir", help="run folder (local path or URI); default runs/<profile>")
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--only", metavar="STAGE", help="re-run this stage only (downstream becomes stale)")
+    group.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run this stage and all after it")
+    run.add_argument("--limit", type=int, help="only the first N source rows")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                     help="override a config value, e.g. clip_split.max_gap=5 (repeatable)")
+    run.add_argument("--ray-address", help="an existing Ray cluster (host:port or 'auto'); default: local")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    status = sub.add_parser("status", help="per stage: parts done/total, rows by status and reason")
+    status.add_argument("run_dir")
+
+    inspect = sub.add_parser("inspect", help="a stage manifest: schema, counts and a few rows")
+    inspect.add_argument("run_dir")
+    inspect.add_argument("stage")
+    inspect.add_argument("--rows", type=int, default=5)
+    inspect.add_argument("--status", choices=["ok", "dropped", "error"], help="show rows of this status")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "status":
+            return _status(args.run_dir)
+        return _inspect(args.run_dir, args.stage, args.rows, args.status)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline import config, runner
+    from pipeline.summary import format_summary
+
+    overrides = config.parse_overrides(args.overrides)
+    run_section = overrides.setdefault("run", {})
+    for key, value in (("source", args.source), ("dir", args.run_dir), ("limit", args.limit),
+                       ("ray_address", args.ray_address)):
+        if value is not None:
+            run_section[key] = value
+    cfg = config.load(args.profile, overrides)
+    result = runner.run(cfg, only=args.only, from_stage=args.from_stage, progress=not args.no_progress)
+    print()
+    print(f"run {result.run_dir}")
+    print(format_summary(result.summary))
+    ran = ", ".join(f"{k} {v}" for k, v in result.ran.items())
+    skipped = ", ".join(f"{k} {v}" for k, v in result.skipped.items() if v)
+    print(f"parts run now: {ran}" + (f"; already done: {skipped}" if skipped else ""))
+    for stage, part, message in result.failed:
+        print(f"FAILED {stage} part {part}: {message}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def _status(run_dir: str) -> int:
+    from pipeline.store import RunStore
+    from pipeline.summary import format_summary, summarize
+
+    store = RunStore(run_dir)
+    if not store.exists(store.path("run.json")):
+        raise ConfigError(f"{run_dir} is not a run folder (no run.json)")
+    print(format_summary(summarize(store)))
+    return 0
+
+
+def _inspect(run_dir: str, stage: str, rows: int, status: str | None) -> int:
+    import pyarrow.compute as pc
+
+    from pipeline.store import RunStore
+
+    store = RunStore(run_dir)
+    table = store.read_stage(stage)
+    if table is None:
+        raise ConfigError(f"no finished parts of stage {stage!r} in {run_dir}")
+    print(table.schema)
+    print()
+    counts = table.group_by(["status", "reason"]).aggregate([("id", "count")]).to_pylist()
+    for c in sorted(counts, key=lambda c: (c["status"], -c["id_count"])):
+        print(f"{c['status']:<8} {c['id_count']:>7}  {c['reason'] or ''}")
+    print()
+    if status:
+        table = table.filter(pc.equal(table.column("status"), status))
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", 20, "display.width", 160, "display.max_colwidth", 40):
+        print(table.slice(0, rows).to_pandas())
+    return 0

@@ -1,0 +1,270 @@
+"""The driver: plans which (stage, part) pairs must run, runs them as Ray work, and summarises.
+
+There is no barrier between stages: as soon as a part leaves one stage it is queued for the next,
+and the driver prefers later stages, so finished shards appear while other parts still download.
+A part is skipped when its done-marker records the current config chain of its stage and upstream
+and the digest of the upstream manifest it was built from.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import config as config_mod
+from pipeline import source as source_mod
+from pipeline.config import ConfigError, RunConfig
+from pipeline.resources import parallel_limit, ray_options
+from pipeline.stage import Stage
+from pipeline.store import RunStore
+from pipeline.summary import summarize, write_summary
+
+SOURCE = "source"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    parts: int
+    ran: dict[str, int] = field(default_factory=dict)       # stage -> parts run now
+    skipped: dict[str, int] = field(default_factory=dict)   # stage -> parts already done
+    failed: list[tuple[str, int, str]] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def resolve_source(cfg: RunConfig) -> str:
+    if cfg.run.source:
+        return cfg.run.source
+    from pipeline.samples import build_samples
+
+    return str(build_samples(source_mod.default_source_dir() / "build"))
+
+
+def prepare(cfg: RunConfig, only: str | None, from_stage: str | None) -> list[Stage]:
+    """Everything that can fail before the run starts: stages, their checks, the source."""
+    for flag, name in (("--only", only), ("--from", from_stage)):
+        if name is not None and name not in cfg.stages:
+            raise ConfigError(f"{flag} {name}: not a stage of profile {cfg.profile} ({', '.join(cfg.stages)})")
+    if only and from_stage:
+        raise ConfigError("use --only or --from, not both")
+    stages = [cfg.stage(name) for name in cfg.stages]
+    for stage in stages:
+        try:
+            stage.check()
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(f"{stage.name}: {exc}") from None
+    if cfg.run.source:
+        source_mod.check_source(cfg.run.source)
+    return stages
+
+
+def write_source(store: RunStore, source_uri: str, cfg: RunConfig) -> tuple[int, str]:
+    rows = source_mod.read_source(source_uri, cfg.run.limit)
+    source_chain = config_mod.digest(source_mod.source_digest(source_uri), cfg.run.part_size, cfg.run.limit)
+    tables = source_mod.split_parts(rows, cfg.run.part_size)
+    for part, table in enumerate(tables):
+        marker = store.marker(SOURCE, part)
+        if marker and marker.get("chain") == source_chain:
+            continue
+        sha = store.write_manifest(SOURCE, part, table)
+        store.write_marker(SOURCE, part, {"stage": SOURCE, "part": part, "chain": source_chain,
+                                          "output_sha": sha, "rows_out": table.num_rows})
+    return len(tables), source_chain
+
+
+def _init_ray(address: str | None) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
+                    "logging_level": logging.WARNING, "configure_logging": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+    return True
+
+
+def run(cfg: RunConfig, only: str | None = None, from_stage: str | None = None,
+        progress: bool = True) -> RunResult:
+    stages = prepare(cfg, only, from_stage)
+    source_uri = resolve_source(cfg)
+    store = RunStore(cfg.run.dir if "://" in cfg.run.dir else str(Path(cfg.run.dir).resolve()))
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    _setup_logging(store, run_id)
+    store.write_bytes(store.path("config.yaml"), _yaml(cfg.to_dict()).encode())
+
+    parts, source_chain = write_source(store, source_uri, cfg)
+    store.write_json("run.json", {"profile": cfg.profile, "stages": list(cfg.stages), "parts": parts,
+                                  "source": source_uri, "run_id": run_id})
+    log.info("run %s: profile %s, %d parts, source %s", run_id, cfg.profile, parts, source_uri)
+
+    chains = []
+    previous = source_chain
+    for stage in stages:
+        previous = config_mod.digest(previous, config_mod.stage_hash(stage))
+        chains.append(previous)
+    names = [s.name for s in stages]
+    forced = set()
+    if only:
+        forced = {names.index(only)}
+    elif from_stage:
+        forced = set(range(names.index(from_stage), len(names)))
+    last = names.index(only) if only else len(names) - 1
+
+    started_ray = _init_ray(cfg.run.ray_address)
+    try:
+        result = _schedule(store, stages, chains, parts, forced, last, run_id, progress)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    result.summary = summarize(store)
+    write_summary(store, result.summary)
+    return result
+
+
+def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: int, forced: set[int],
+              last: int, run_id: str, progress: bool) -> RunResult:
+    import ray
+    from tqdm import tqdm
+
+    from pipeline.worker import StageActor, run_task
+
+    result = RunResult(run_dir=store.uri, parts=parts,
+                       ran={s.name: 0 for s in stages}, skipped={s.name: 0 for s in stages})
+    cluster = ray.cluster_resources()
+    cpus, gpus = cluster.get("CPU", 1.0), cluster.get("GPU", 0.0)
+    limits = [parallel_limit(s.resources(), cpus, gpus) for s in stages]
+    remote_task = ray.remote(run_task)
+    remote_actor = ray.remote(StageActor)
+    actors: list[list] = [[] for _ in stages]         # idle actors per actor stage
+    actor_count = [0] * len(stages)
+    busy_actor: dict = {}
+    in_flight: dict = {}                                # ref -> (part, stage index)
+    per_stage_flight = [0] * len(stages)
+    ready: list[tuple[int, int]] = []                   # (stage index, part)
+    bars = [tqdm(total=parts, desc=f"{s.name:<16}", position=i, leave=True, disable=not progress,
+                 unit="part", dynamic_ncols=True) for i, s in enumerate(stages)]
+
+    def output_sha(stage_index: int, part: int) -> str | None:
+        name = SOURCE if stage_index < 0 else stages[stage_index].name
+        marker = store.marker(name, part)
+        return marker.get("output_sha") if marker else None
+
+    def advance(part: int, index: int) -> None:
+        """Queue the first stage at or after `index` whose marker is stale; count the valid ones."""
+        while index <= last:
+            stage = stages[index]
+            marker = store.marker(stage.name, part)
+            upstream_sha = output_sha(index - 1, part)
+            if upstream_sha is None:
+                result.failed.append((stage.name, part, "upstream part not done (run the stages before it)"))
+                return
+            valid = (marker is not None and marker.get("chain") == chains[index]
+                     and marker.get("input_sha") == upstream_sha)
+            if valid and index not in forced:
+                result.skipped[stage.name] += 1
+                bars[index].update(1)
+                index += 1
+                continue
+            ready.append((index, part))
+            return
+
+    first = min(forced) if forced else 0
+    for part in range(parts):
+        advance(part, first if forced and len(forced) == 1 and first == last else 0)
+
+    def submit(index: int, part: int) -> None:
+        stage = stages[index]
+        upstream = SOURCE if index == 0 else stages[index - 1].name
+        args = (store.uri, part, upstream, chains[index], output_sha(index - 1, part), run_id)
+        res = stage.resources()
+        if res.actor:
+            if not actors[index]:
+                actors[index].append(remote_actor.options(**ray_options(res)).remote(stage))
+                actor_count[index] += 1
+            actor = actors[index].pop()
+            ref = actor.run.remote(*args)
+            busy_actor[ref] = actor
+        else:
+            ref = remote_task.options(**ray_options(res)).remote(stage, *args)
+        in_flight[ref] = (part, index)
+        per_stage_flight[index] += 1
+
+    def can_submit(index: int) -> bool:
+        if per_stage_flight[index] >= limits[index]:
+            return False
+        if stages[index].resources().actor:
+            return bool(actors[index]) or actor_count[index] < limits[index]
+        return True
+
+    try:
+        while ready or in_flight:
+            ready.sort(key=lambda item: (-item[0], item[1]))   # later stages first: no barrier
+            waiting = []
+            for index, part in ready:
+                if can_submit(index):
+                    submit(index, part)
+                else:
+                    waiting.append((index, part))
+            ready[:] = waiting
+            if not in_flight:
+                break
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in done:
+                part, index = in_flight.pop(ref)
+                per_stage_flight[index] -= 1
+                if ref in busy_actor:
+                    actors[index].append(busy_actor.pop(ref))
+                name = stages[index].name
+                try:
+                    marker = ray.get(ref)
+                except Exception as exc:  # the part failed as a whole (I/O, worker death): report it
+                    message = " ".join(str(exc).split())[-400:]
+                    result.failed.append((name, part, message))
+                    log.error("stage %s part %d failed: %s", name, part, message)
+                    continue
+                result.ran[name] += 1
+                bars[index].update(1)
+                log.info("stage %s part %d: %d in, %d out, %.2fs", name, part, marker["rows_in"],
+                         marker["rows_out"], marker["seconds"])
+                if index < last:
+                    advance(part, index + 1)
+    finally:
+        for bar in bars:
+            bar.close()
+    return result
+
+
+def _setup_logging(store: RunStore, run_id: str) -> None:
+    if not store.is_local:
+        return
+    logs = store.local_dir("logs")
+    handler = logging.FileHandler(logs / f"run-{run_id}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        log.removeHandler(old)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)

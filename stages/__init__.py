@@ -1,0 +1,1 @@
+"""One module per stage; the module name is the stage name and its folder in a run."""
