@@ -125,10 +125,11 @@ def run(cfg: RunConfig, only: str | None = None, from_stage: str | None = None,
     elif from_stage:
         forced = set(range(names.index(from_stage), len(names)))
     last = names.index(only) if only else len(names) - 1
+    start = names.index(only) if only else 0   # --only: the stages before it must be done already
 
     started_ray = _init_ray(cfg.run.ray_address)
     try:
-        result = _schedule(store, stages, chains, parts, forced, last, run_id, progress)
+        result = _schedule(store, stages, chains, parts, forced, start, last, run_id, progress)
     finally:
         if started_ray:
             import ray
@@ -140,7 +141,7 @@ def run(cfg: RunConfig, only: str | None = None, from_stage: str | None = None,
 
 
 def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: int, forced: set[int],
-              last: int, run_id: str, progress: bool) -> RunResult:
+              start: int, last: int, run_id: str, progress: bool) -> RunResult:
     import ray
     from tqdm import tqdm
 
@@ -186,9 +187,8 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
             ready.append((index, part))
             return
 
-    first = min(forced) if forced else 0
     for part in range(parts):
-        advance(part, first if forced and len(forced) == 1 and first == last else 0)
+        advance(part, start)
 
     def submit(index: int, part: int) -> None:
         stage = stages[index]

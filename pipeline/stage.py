@@ -46,9 +46,17 @@ class PartContext:
     def shards_dir(self) -> str:
         return f"{self.run_dir}/shards"
 
-    def local_path(self, uri: str) -> Path:
-        """The local path of a run-relative file; runs on object stores are handled by the stage."""
-        return Path(uri.removeprefix("file://"))
+    def resolve(self, path: str) -> str:
+        """Media paths in manifests are relative to the run folder (a run can be moved); absolute
+        paths and URIs pass through."""
+        if path.startswith("/") or "://" in path:
+            return path
+        return f"{self.run_dir}/{path}"
+
+    def relative(self, path: str | Path) -> str:
+        path = str(path)
+        prefix = self.run_dir.rstrip("/") + "/"
+        return path[len(prefix):] if path.startswith(prefix) else path
 
 
 def ok(row: dict, **fields: Any) -> dict:

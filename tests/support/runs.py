@@ -1,0 +1,42 @@
+"""Helpers for tests that run the pipeline and read runs back."""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import config, runner
+from pipeline.store import RunStore
+
+
+def run_pretrain(run_dir: Path, source: Path, *sets: str, only: str | None = None,
+                 from_stage: str | None = None, profile: str = "pretrain") -> runner.RunResult:
+    overrides = config.parse_overrides([f"run.dir={run_dir}", f"run.source={source}", *sets])
+    cfg = config.load(profile, overrides)
+    return runner.run(cfg, only=only, from_stage=from_stage, progress=False)
+
+
+def manifest(run_dir: Path, stage: str) -> pd.DataFrame:
+    table = RunStore(str(run_dir)).read_stage(stage)
+    return table.to_pandas() if table is not None else pd.DataFrame()
+
+
+def reasons(run_dir: Path, stage: str) -> Counter:
+    """(status, reason code) -> rows."""
+    df = manifest(run_dir, stage)
+    return Counter((s, (r or "").split(":")[0]) for s, r in zip(df["status"], df["reason"]))
+
+
+def canonical_manifests(run_dir: Path, stages: list[str]) -> dict[str, list[dict]]:
+    out = {}
+    for stage in stages:
+        df = manifest(run_dir, stage)
+        out[stage] = sorted(df.astype(str).to_dict("records"), key=lambda r: r["id"])
+    return out
+
+
+def shard_digests(run_dir: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((run_dir / "shards").glob("*")) if p.suffix in (".tar", ".parquet")}

@@ -1,0 +1,151 @@
+"""The whole pretraining path on the sample corpus through Ray: rows per status/reason, clips that obey
+the rules, shards read back with webdataset whose videos decode and last their clip's span, and a
+threshold change that re-runs only clip_split and what follows it."""
+import io
+import json
+import subprocess
+import tempfile
+from collections import Counter
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from pipeline.samples import http_source
+from pipeline.store import RunStore
+from stages.lib import media
+from tests.support.http_server import LoopbackServer
+from tests.support.runs import manifest, reasons, run_pretrain
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["metadata_filter", "download", "caption_words", "clip_split", "shard"]
+KEPT_CLIPS = {"talk_normal": 1, "talk_gap": 2, "music_cues": 1, "auto_captions": 1}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, samples_dir, ray_local):
+    run_dir = tmp_path_factory.mktemp("pretrain") / "run"
+    result = run_pretrain(run_dir, samples_dir / "source.jsonl")
+    return run_dir, result
+
+
+def test_rows_per_status_and_reason(local_run):
+    run_dir, result = local_run
+    assert result.ok, result.failed
+    md = reasons(run_dir, "metadata_filter")
+    assert md[("error", "malformed_row")] == 2        # one line that is not JSON, one row without url
+    assert md[("dropped", "language")] == 1           # talk_german
+    dl = manifest(run_dir, "download").set_index("id")
+    assert dl.loc["no_captions", "reason"].startswith("no_captions")
+    assert dl.loc["silent_video", "status"] == "dropped"
+    corrupt = pd.concat([manifest(run_dir, s) for s in ("metadata_filter", "download")]).set_index("id")
+    assert corrupt.loc["corrupt", "status"] == "error"
+    assert corrupt.loc["corrupt", "reason"].startswith("corrupt_media")
+    clips = manifest(run_dir, "clip_split")
+    kept = clips[clips.status == "ok"]
+    assert Counter(kept.video_id) == Counter(KEPT_CLIPS)
+    verdict = clips.groupby("video_id").reason.first()
+    assert verdict["talk_slow"] == "too_slow" and verdict["talk_fast"] == "too_fast"
+    shards = manifest(run_dir, "shard")
+    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(kept.clip_id)
+    # every source row is accounted for exactly once at the stage that decided it
+    decided = set()
+    for stage in STAGES[:3]:
+        df = manifest(run_dir, stage)
+        decided |= set(df[df.status != "ok"].id)
+    assert decided | set(clips.video_id) == set(manifest(run_dir, "metadata_filter").id)
+    summary = result.summary["stages"]
+    assert summary["shard"]["kept"] == sum(KEPT_CLIPS.values())
+    assert summary["metadata_filter"]["errors"]["malformed_row"] == 2
+
+
+def test_clips_obey_the_rules(local_run):
+    run_dir, _ = local_run
+    clips = manifest(run_dir, "clip_split")
+    words_of = {r.id: r.words for r in manifest(run_dir, "caption_words").itertuples()}
+    for clip in clips[clips.status == "ok"].itertuples():
+        words = list(clip.words)
+        ends = [w["end"] for w in words]
+        starts = [w["start"] for w in words]
+        assert clip.start == starts[0] and clip.end == ends[-1]
+        assert all(b - a <= 3.0 + 1e-9 for a, b in zip(ends, ends[1:]))
+        assert 30 <= ends[-1] - ends[0] <= 240
+        assert 1 <= len(words) / (ends[-1] - ends[0]) <= 4
+        assert starts == sorted(starts)
+        assert not any("[" in w["word"] or "]" in w["word"] for w in words)
+        assert all(a["word"] != b["word"] or a["start"] != b["start"] for a, b in zip(words, words[1:]))
+        video_words = [w["word"] for w in words_of[clip.video_id]]
+        first = len(clip.previous.split())
+        assert video_words[:first] == clip.previous.split()
+        assert video_words[first:first + len(words)] == [w["word"] for w in words]
+        assert "." not in clip.clip_id
+
+
+def test_shards_read_back_with_webdataset(local_run):
+    run_dir, _ = local_run
+    tars = sorted((run_dir / "shards").glob("*.tar"))
+    assert tars
+    clips = manifest(run_dir, "clip_split").set_index("clip_id")
+    seen = []
+    for sample in wds.WebDataset([str(t) for t in tars], shardshuffle=False):
+        key = sample["__key__"]
+        meta = json.loads(sample["json"])
+        clip = clips.loc[key]
+        assert meta["video_start"] == clip.start and meta["video_end"] == clip.end
+        assert [w[2] for w in meta["words"]] == [w["word"] for w in clip.words]
+        with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
+            f.write(sample["mp4"])
+            f.flush()
+            info = media.probe(f.name)
+            decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", f.name, "-f", "null", "-"],
+                                     capture_output=True, text=True)
+        assert decoded.returncode == 0 and not decoded.stderr.strip()
+        assert abs(info.duration - (clip.end - clip.start)) < 0.25, (key, info.duration)
+        seen.append(key)
+    assert sorted(seen) == sorted(clips[clips.status == "ok"].index)
+    for tar in tars:
+        index = pq.read_table(tar.with_suffix(".parquet")).to_pandas()
+        with open(tar, "rb") as f:
+            for row in index.itertuples():
+                f.seek(row.offset)
+                header = f.read(100).rstrip(b"\0").decode()
+                assert header == f"{row.key}.json"
+
+
+def test_threshold_change_reruns_only_clip_split_and_after(local_run, tmp_path, samples_dir):
+    run_dir, first = local_run
+    store = RunStore(str(run_dir))
+    before = {s: [store.marker(s, p)["run_id"] for p in range(first.parts)] for s in STAGES}
+    result = run_pretrain(run_dir, samples_dir / "source.jsonl", "clip_split.min_span=50")
+    assert result.ok
+    assert {s: result.ran[s] for s in STAGES[:3]} == {s: 0 for s in STAGES[:3]}
+    assert result.ran["clip_split"] == first.parts
+    after = {s: [store.marker(s, p)["run_id"] for p in range(first.parts)] for s in STAGES}
+    assert after["download"] == before["download"] and after["caption_words"] == before["caption_words"]
+    changed = [p for p in range(first.parts) if after["clip_split"][p] != before["clip_split"][p]]
+    assert len(changed) == first.parts
+    clips = manifest(run_dir, "clip_split")
+    assert not any((clips.status == "ok") & (clips.span < 50))
+    assert 0 < result.ran["shard"] <= first.parts
+    shards = manifest(run_dir, "shard")
+    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(clips[clips.status == "ok"].clip_id)
+    # back to the defaults: same clips as the first run
+    again = run_pretrain(run_dir, samples_dir / "source.jsonl")
+    assert again.ok and again.ran["download"] == 0
+    assert again.summary["stages"]["shard"]["kept"] == sum(KEPT_CLIPS.values())
+
+
+def test_http_source_through_ytdlp(tmp_path, samples_dir, ray_local):
+    """Source rows are loopback page URLs: metadata comes from yt-dlp, media and captions from its
+    real download path."""
+    with LoopbackServer(samples_dir) as server:
+        src = http_source(samples_dir, server.base_url)
+        result = run_pretrain(tmp_path / "run", src)
+    assert result.ok, result.failed
+    clips = manifest(tmp_path / "run", "clip_split")
+    assert Counter(clips[clips.status == "ok"].video_id) == Counter(KEPT_CLIPS)
+    dl = manifest(tmp_path / "run", "download")
+    assert set(dl[dl.status == "ok"].captions_kind) <= {"manual", "automatic"}
+    assert any(p.endswith(".mp4") for p in server.requests)
