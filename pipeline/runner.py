@@ -106,6 +106,10 @@ def run(cfg: RunConfig, only: str | None = None, from_stage: str | None = None,
     store = RunStore(cfg.run.dir if "://" in cfg.run.dir else str(Path(cfg.run.dir).resolve()))
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     _setup_logging(store, run_id)
+    if store.exists(store.root):
+        removed = store.clean_temporaries()   # one driver per run folder: leftovers are a killed run's
+        if removed:
+            log.info("removed %d temporary files of an interrupted run", removed)
     store.write_bytes(store.path("config.yaml"), _yaml(cfg.to_dict()).encode())
 
     parts, source_chain = write_source(store, source_uri, cfg)

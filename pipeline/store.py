@@ -18,6 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def _tmp_name(path: str) -> str:
+    """A hidden sibling name: readers of the folder skip it, the rename is atomic."""
+    head, _, tail = path.rpartition("/")
+    return f"{head}/.{tail}.tmp-{uuid.uuid4().hex[:8]}"
+
+
 def part_name(part: int) -> str:
     return f"part-{part:05d}"
 
@@ -44,12 +50,13 @@ class RunStore:
         return self.path(stage, part_name(part) + ".parquet")
 
     def marker_path(self, stage: str, part: int) -> str:
-        return self.path(stage, part_name(part) + ".done")
+        # "_" prefix: pyarrow, pandas and polars skip it when they read the stage folder as a dataset
+        return self.path(stage, "_" + part_name(part) + ".done")
 
     # atomic writes ------------------------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
         self.fs.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = _tmp_name(path)
         with self.fs.open(tmp, "wb") as f:
             f.write(data)
         self._rename(tmp, path)
@@ -60,7 +67,7 @@ class RunStore:
         if self.is_local:
             os.replace(local_path, path)
             return
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = _tmp_name(path)
         self.fs.put_file(str(local_path), tmp)
         self._rename(tmp, path)
 
@@ -76,6 +83,15 @@ class RunStore:
     def remove(self, path: str) -> None:
         if self.fs.exists(path):
             self.fs.rm(path)
+
+    def clean_temporaries(self) -> int:
+        """Remove what a killed run left under temporary names (files and folders `.NAME.tmp-*`)."""
+        found = [p for p in self.fs.find(self.root, withdirs=True, detail=False)
+                 if ".tmp-" in p.rsplit("/", 1)[-1] and p.rsplit("/", 1)[-1].startswith(".")]
+        for path in found:
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        return len(found)
 
     def glob(self, pattern: str) -> list[str]:
         return sorted(self.fs.glob(self.path(pattern)))
@@ -112,7 +128,7 @@ class RunStore:
         self.remove(self.marker_path(stage, part))
 
     def done_parts(self, stage: str) -> list[int]:
-        return [int(Path(p).name[5:10]) for p in self.glob(f"{stage}/part-*.done")]
+        return [int(Path(p).name[6:11]) for p in self.glob(f"{stage}/_part-*.done")]
 
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(self.path(path), json.dumps(obj, indent=1, default=str).encode())

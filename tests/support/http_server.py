@@ -1,0 +1,235 @@
+"""A loopback HTTP server for test fixtures (no network in tests).
+
+    with LoopbackServer(root, delay_s=0.5, fail_first={"/a.html": 2}, status_for={"/gone.html": 404}) as srv:
+        url = srv.base_url + "/a.html"
+
+Serves the files under `root` from 127.0.0.1 with the right Content-Type, answers HEAD and single
+byte-range requests (206 / 416, as yt-dlp's HTTP downloader expects), and records every requested path.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+CONTENT_TYPES = {
+    ".mp4": "video/mp4",
+    ".m4a": "audio/mp4",
+    ".webm": "video/webm",
+    ".vtt": "text/vtt; charset=utf-8",
+    ".srt": "application/x-subrip; charset=utf-8",
+    ".json": "application/json",
+    ".json3": "application/json",
+    ".jsonl": "application/x-ndjson",
+    ".html": "text/html; charset=utf-8",
+    ".htm": "text/html; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+    ".wav": "audio/wav",
+}
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+    protocol_version = "HTTP/1.1"
+    server_version = "LoopbackServer/1.0"
+    sys_version = ""
+
+    def log_message(self, format, *args):  # noqa: A002 - silence request logging
+        pass
+
+    def do_GET(self):  # noqa: N802
+        self._answer(send_body=True)
+
+    def do_HEAD(self):  # noqa: N802
+        self._answer(send_body=False)
+
+    # ------------------------------------------------------------------
+    def _answer(self, send_body: bool) -> None:
+        owner = self.server.owner
+        path = unquote(urlsplit(self.path).path)
+        owner._record(path)
+        if owner.delay_s > 0:
+            time.sleep(owner.delay_s)
+        self.close_connection = True
+        status = owner.status_for.get(path)
+        if status is not None:
+            return self._status(status, send_body)
+        if owner._should_fail(path):
+            return self._status(HTTPStatus.SERVICE_UNAVAILABLE, send_body)
+        file = owner._resolve(path)
+        if file is None:
+            return self._status(HTTPStatus.NOT_FOUND, send_body)
+        size = file.stat().st_size
+        ctype = CONTENT_TYPES.get(file.suffix.lower(), "application/octet-stream")
+        start, end = 0, size - 1
+        code = HTTPStatus.OK
+        header = self.headers.get("Range")
+        if header:
+            rng = _parse_range(header, size)
+            if rng is None:
+                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                return
+            start, end = rng
+            code = HTTPStatus.PARTIAL_CONTENT
+        length = max(0, end - start + 1)
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        if code == HTTPStatus.PARTIAL_CONTENT:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if not send_body or length == 0:
+            return
+        try:
+            with open(file, "rb") as fh:
+                fh.seek(start)
+                remaining = length
+                while remaining > 0:
+                    block = fh.read(min(64 * 1024, remaining))
+                    if not block:
+                        break
+                    self.wfile.write(block)
+                    remaining -= len(block)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _status(self, status: int, send_body: bool) -> None:
+        status = HTTPStatus(status)
+        body = f"{status.value} {status.phrase}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if send_body:
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One `bytes=a-b`, `bytes=a-` or `bytes=-n` range; None when unsatisfiable or malformed."""
+    m = _RANGE.match(header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    first, last = m.group(1), m.group(2)
+    if not first:  # suffix range: the last n bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            return None
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if start >= size or end < start:
+        return None
+    return start, min(end, size - 1)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    owner: "LoopbackServer"
+
+    def handle_error(self, request, client_address):  # client went away: not our problem
+        pass
+
+
+class LoopbackServer:
+    """Serve `root` on http://127.0.0.1:PORT (port 0: the OS picks one). A context manager."""
+
+    def __init__(self, root: str | Path, delay_s: float = 0.0, fail_first: dict[str, int] | None = None,
+                 status_for: dict[str, int] | None = None, port: int = 0):
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise ValueError(f"LoopbackServer root is not a directory: {self.root}")
+        self.delay_s = float(delay_s)
+        self.fail_first = dict(fail_first or {})
+        self.status_for = dict(status_for or {})
+        self.port = port
+        self.requests: list[str] = []
+        self._lock = threading.Lock()
+        self._failures: dict[str, int] = {}
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("LoopbackServer is not started")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def start(self) -> "LoopbackServer":
+        if self._httpd is not None:
+            return self
+        httpd = _Server(("127.0.0.1", self.port), _Handler)
+        httpd.owner = self
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="LoopbackServer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> "LoopbackServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------
+    def count(self, path: str) -> int:
+        with self._lock:
+            return self.requests.count(path)
+
+    def _record(self, path: str) -> None:
+        with self._lock:
+            self.requests.append(path)
+
+    def _should_fail(self, path: str) -> bool:
+        with self._lock:
+            budget = self.fail_first.get(path, 0)
+            done = self._failures.get(path, 0)
+            if done < budget:
+                self._failures[path] = done + 1
+                return True
+            return False
+
+    def _resolve(self, path: str) -> Path | None:
+        rel = path.lstrip("/")
+        if not rel:
+            return None
+        try:
+            file = (self.root / rel).resolve()
+            file.relative_to(self.root)
+        except (ValueError, OSError):
+            return None
+        return file if file.is_file() else None
+
+
+__all__ = ["LoopbackServer", "CONTENT_TYPES"]
