@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config.load(args.profile, overrides)
     result = runner.run(cfg, only=args.only, from_stage=args.from_stage, progress=not args.no_progress)
     print()
-    print(f"run {result.run_dir}")
+    print(f"run {result.run_dir} on ray cluster {result.ray_address} ({result.cluster_cpus:g} CPUs)")
     print(format_summary(result.summary))
     ran = ", ".join(f"{k} {v}" for k, v in result.ran.items())
     skipped = ", ".join(f"{k} {v}" for k, v in result.skipped.items() if v)

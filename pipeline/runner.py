@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pipeline.store import RunStore
 from pipeline.summary import summarize, write_summary
 
 SOURCE = "source"
+LOCK = ".lock"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("pipeline")
 
@@ -35,6 +37,8 @@ class RunResult:
     skipped: dict[str, int] = field(default_factory=dict)   # stage -> parts already done
     failed: list[tuple[str, int, str]] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    ray_address: str = ""
+    cluster_cpus: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -105,11 +109,43 @@ def run(cfg: RunConfig, only: str | None = None, from_stage: str | None = None,
     source_uri = resolve_source(cfg)
     store = RunStore(cfg.run.dir if "://" in cfg.run.dir else str(Path(cfg.run.dir).resolve()))
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    take_lock(store, run_id)
+    try:
+        return _run_locked(cfg, stages, source_uri, store, run_id, only, from_stage, progress)
+    finally:
+        store.remove(store.path(LOCK))
+
+
+def take_lock(store: RunStore, run_id: str) -> None:
+    """One driver per run folder. The lock also fences a killed driver's workers that still run:
+    a worker commits a part only while the lock names its run (see `pipeline.worker`)."""
+    path = store.path(LOCK)
+    if store.exists(path):
+        holder = store.read_json(LOCK)
+        if holder.get("host") == socket.gethostname() and _alive(holder.get("pid")):
+            raise ConfigError(f"run folder {store.uri} is in use by run {holder.get('run_id')} "
+                              f"(pid {holder.get('pid')}); wait for it or stop it")
+    store.write_json(LOCK, {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid()})
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_locked(cfg: RunConfig, stages: list[Stage], source_uri: str, store: RunStore, run_id: str,
+                only: str | None, from_stage: str | None, progress: bool) -> RunResult:
     _setup_logging(store, run_id)
-    if store.exists(store.root):
-        removed = store.clean_temporaries()   # one driver per run folder: leftovers are a killed run's
-        if removed:
-            log.info("removed %d temporary files of an interrupted run", removed)
+    removed = store.clean_temporaries()   # after the lock: what is left is a killed run's
+    if removed:
+        log.info("removed %d temporary files of an interrupted run", removed)
     store.write_bytes(store.path("config.yaml"), _yaml(cfg.to_dict()).encode())
 
     parts, source_chain = write_source(store, source_uri, cfg)
@@ -155,6 +191,7 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
                        ran={s.name: 0 for s in stages}, skipped={s.name: 0 for s in stages})
     cluster = ray.cluster_resources()
     cpus, gpus = cluster.get("CPU", 1.0), cluster.get("GPU", 0.0)
+    result.ray_address, result.cluster_cpus = ray.get_runtime_context().gcs_address, cpus
     limits = [parallel_limit(s.resources(), cpus, gpus) for s in stages]
     remote_task = ray.remote(run_task)
     remote_actor = ray.remote(StageActor)

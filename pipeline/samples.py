@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SAMPLES_VERSION = 1
+SAMPLES_VERSION = 2
 
 SAMPLE_RATE = 22050  # espeak-ng's native rate; the mp4 carries 16 kHz AAC
 WIDTH, HEIGHT, FPS = 640, 480, 5
@@ -104,6 +104,7 @@ apple river mountain window garden pencil orange blanket candle forest
 harbor ladder marble pepper rocket saddle tiger violin wagon yellow
 basket cactus dolphin engine feather guitar helmet island jacket kettle
 lemon meadow needle pillow quarter rabbit silver tunnel umbrella valley
+anchor bottle copper desert eagle fountain glacier hammer igloo jungle
 """.split()
 
 TEXT_FAST = """
@@ -460,7 +461,7 @@ def _video_specs() -> list[_Video]:
         _Video("talk_slow", "Words Spoken Slowly, One at a Time", 60.0, categories=["Education"],
                metadata_in_source=True, color="0x3a2a4a", box="0x70d0f0",
                outcome={"clips_kept": 0, "drop": "too_slow"},
-               notes="one word per cue, each followed by 1.3 s of silence: under 1 word/s, no gap over 3 s"),
+               notes="one word per cue, each followed by 0.7 s of silence: over 30 distinct words, under 1 word/s"),
         _Video("talk_fast", "The Weekly Market Report in a Hurry", 45.0, categories=["News & Politics"],
                color="0x503020", box="0xffffff",
                outcome={"clips_kept": 0, "drop": "too_fast"},
@@ -535,7 +536,7 @@ def _compose(videos: list[_Video], synth: _Synth) -> None:
                    until=95.0, min_reach=91.0)
         elif v.name == "talk_slow":
             tl.add(_silence(LEAD))
-            _speak(tl, synth, WORDS_SLOW, VOICE_EN, SPEED_NORMAL, 1.3, until=v.duration - 1.0,
+            _speak(tl, synth, WORDS_SLOW, VOICE_EN, SPEED_NORMAL, 0.7, until=v.duration - 1.0,
                    min_reach=v.duration - 4.0)
         elif v.name == "talk_fast":
             tl.add(_silence(LEAD))

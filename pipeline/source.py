@@ -14,6 +14,7 @@ import fsspec
 import pyarrow as pa
 
 from manifests import ids
+from pipeline.config import ConfigError
 from manifests.schemas import SOURCE
 
 FORMATS = (".jsonl", ".json", ".parquet", ".csv")
@@ -21,10 +22,10 @@ FORMATS = (".jsonl", ".json", ".parquet", ".csv")
 
 def check_source(uri: str) -> None:
     if not any(uri.endswith(ext) for ext in FORMATS):
-        raise ValueError(f"source {uri!r}: expected a file ending in one of {', '.join(FORMATS)}")
+        raise ConfigError(f"source {uri!r}: expected a file ending in one of {', '.join(FORMATS)}")
     fs, path = fsspec.core.url_to_fs(uri)
     if not fs.exists(path):
-        raise ValueError(f"source {uri!r} does not exist: pass --source FILE (JSONL, Parquet or CSV)")
+        raise ConfigError(f"source {uri!r} does not exist: pass --source FILE (JSONL, Parquet or CSV)")
 
 
 def _records(uri: str) -> list[tuple[dict | None, str]]:

@@ -10,6 +10,19 @@ from pipeline.stage import OK, STATUSES, PartContext, Stage
 from pipeline.store import RunStore, part_name
 
 
+class StaleRunError(RuntimeError):
+    """This worker belongs to a run whose driver is gone and whose folder a new run has taken."""
+
+
+def check_fence(store: RunStore, run_id: str) -> None:
+    try:
+        holder = store.read_json(".lock").get("run_id")
+    except FileNotFoundError:
+        holder = None
+    if holder != run_id:
+        raise StaleRunError(f"run {run_id} no longer owns {store.uri} (now {holder}); not committing")
+
+
 def reason_code(reason: str | None) -> str:
     return (reason or "").split(":", 1)[0].strip() or "unspecified"
 
@@ -35,6 +48,7 @@ def run_part(stage: Stage, run_uri: str, part: int, upstream: str, chain: str, i
         store.write_bytes(store.path("logs", "errors", stage.name, part_name(part) + ".log"),
                           "\n".join(tracebacks).encode())
     result = pa.Table.from_pylist(out, schema=stage.schema)
+    check_fence(store, run_id)
     output_sha = store.write_manifest(stage.name, part, result)
 
     counts: dict[str, dict[str, int]] = {s: {} for s in STATUSES}
@@ -52,6 +66,7 @@ def run_part(stage: Stage, run_uri: str, part: int, upstream: str, chain: str, i
         "scores": scores, "seconds": round(time.time() - started, 3), "run_id": run_id,
         "finished_at": time.time(),
     }
+    check_fence(store, run_id)
     store.write_marker(stage.name, part, marker)
     return marker
 

@@ -128,7 +128,7 @@ class Shard(Stage):
             for row in sorted(rows, key=lambda r: r["clip_id"]):
                 base = {k: row[k] for k in ("id", "clip_id", "video_id", "start", "end")}
                 try:
-                    video = self._cut(row, Path(tmp) / "clip.mp4")
+                    video = self._cut(row, ctx, Path(tmp) / "clip.mp4")
                     duration = media.probe(str(video)).duration
                     data = video.read_bytes()
                 except media.MediaError as exc:
@@ -146,8 +146,9 @@ class Shard(Stage):
         writer.close()
         return out
 
-    def _cut(self, row: dict, dest: Path) -> Path:
+    def _cut(self, row: dict, ctx: PartContext, dest: Path) -> Path:
         if not row.get("media_path"):
             raise media.MediaError("no_media", "the clip row has no media_path")
-        media.cut(row["media_path"], row["start"], row["end"], str(dest), reencode=self.config.reencode)
+        media.cut(ctx.resolve(row["media_path"]), row["start"], row["end"], str(dest),
+                  reencode=self.config.reencode)
         return dest

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,8 +28,8 @@ def pipeline_cmd(src: Path, run_dir: Path, *extra: str) -> list[str]:
             "--set", "run.part_size=1", "--no-progress", *extra]
 
 
-def run_cli(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+def run_cli(cmd: list[str], timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -78,23 +79,32 @@ def free_port() -> int:
 def test_run_against_ray_start_head(tmp_path, samples_dir):
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
     port = free_port()
+    # a short temp dir: Ray's unix sockets live there and their paths have a 107-byte limit
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    env = {**ENV, "RAY_AUTH_MODE": "disabled"}   # a loopback test cluster: no token to distribute
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--port", str(port),
                              "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard",
-                             "false", "--disable-usage-stats", "--temp-dir", str(tmp_path / "ray")],
-                            env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "false", "--disable-usage-stats", "--temp-dir", temp_dir],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
-        while subprocess.run([ray_bin, "status", "--address", address], env=ENV,
+        while subprocess.run([ray_bin, "status", "--address", address], env=env,
                              capture_output=True).returncode != 0:
             assert time.time() < deadline and head.poll() is None, "ray start --head did not come up"
             time.sleep(1)
         proc = run_cli(pipeline_cmd(samples_dir / "source.jsonl", tmp_path / "run", "--ray-address", address,
-                                    "--limit", "3"))
+                                    "--limit", "3"), env=env)
         assert "shard" in proc.stdout
         clips = manifest(tmp_path / "run", "clip_split")
         kept = clips[clips.status == "ok"]
         assert sorted(kept.video_id) == ["talk_gap", "talk_gap", "talk_normal"]   # the first 3 rows
         assert len(list((tmp_path / "run" / "shards").glob("*.tar"))) == 2
+        assert f":{port} (2 CPUs)" in proc.stdout    # it joined that cluster, not a new local one
     finally:
-        kill_group(head, signal.SIGTERM)
+        head.send_signal(signal.SIGTERM)     # `ray start --block` stops its processes on SIGTERM
+        try:
+            head.wait(timeout=60)
+        finally:
+            kill_group(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -24,6 +25,12 @@ class MediaInfo:
     has_audio: bool
 
 
+def _ffmpeg_message(stderr: str) -> str:
+    """ffmpeg's last words, without per-process pointers (`[mov,mp4 @ 0x55...]`), so equal
+    failures give equal reasons."""
+    return re.sub(r"\[[^\]]* @ 0x[0-9a-f]+\] ?", "", " ".join(stderr.split()))[-200:]
+
+
 def require_binaries(*names: str) -> None:
     missing = [n for n in names if shutil.which(n) is None]
     if missing:
@@ -38,7 +45,7 @@ def probe(path_or_url: str, timeout: float = 60.0) -> MediaInfo:
     except subprocess.TimeoutExpired:
         raise MediaError("probe_timeout", f"ffprobe took more than {timeout:.0f}s") from None
     if proc.returncode != 0:
-        detail = " ".join(proc.stderr.split())[-200:] or f"ffprobe exit {proc.returncode}"
+        detail = _ffmpeg_message(proc.stderr) or f"ffprobe exit {proc.returncode}"
         raise MediaError("corrupt_media", detail)
     data = json.loads(proc.stdout or "{}")
     streams = data.get("streams", [])
@@ -70,4 +77,4 @@ def cut(src: str, start: float, end: float, dest: str, reencode: bool = True, ti
     cmd += ["-movflags", "+faststart", "-f", "mp4", dest]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise MediaError("cut_failed", " ".join(proc.stderr.split())[-200:])
+        raise MediaError("cut_failed", _ffmpeg_message(proc.stderr))

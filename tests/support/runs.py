@@ -26,14 +26,14 @@ def manifest(run_dir: Path, stage: str) -> pd.DataFrame:
 def reasons(run_dir: Path, stage: str) -> Counter:
     """(status, reason code) -> rows."""
     df = manifest(run_dir, stage)
-    return Counter((s, (r or "").split(":")[0]) for s, r in zip(df["status"], df["reason"]))
+    return Counter((s, r.split(":")[0] if isinstance(r, str) else "") for s, r in zip(df["status"], df["reason"]))
 
 
 def canonical_manifests(run_dir: Path, stages: list[str]) -> dict[str, list[dict]]:
     out = {}
     for stage in stages:
-        df = manifest(run_dir, stage)
-        out[stage] = sorted(df.astype(str).to_dict("records"), key=lambda r: r["id"])
+        table = RunStore(str(run_dir)).read_stage(stage)
+        out[stage] = sorted(table.to_pylist(), key=lambda r: r["id"]) if table is not None else []
     return out
 
 

@@ -1,0 +1,356 @@
+"""Clip splitting (LIVECC_SPEC section 3), vectorised over many videos at once.
+
+Pretraining (`mode="pretrain"`, reference: showlab/livecc `data/production/pretrain_to_clips.py`,
+`clip4pretrain` + `check`), on word END times t:
+- walk the words; word j starts a new clip when `t_j - t_{j-1} > max_gap` or `t_j - t_first > max_span`
+  (t_first: the first word of the current clip);
+- a clip is kept when `span = t_last - t_first >= min_span` and `min_wps <= words / span <= max_wps`.
+
+SFT (`mode="sft"`), on word START times, same thresholds. A clip may start only at the video's first
+word or at a word that follows a word ending in `.`, `?` or `!` and that begins with a capital letter
+(`word[:1].isupper()`; with `sft_allcaps_start` the reference script's `word.isupper()`, an all-caps
+word). The SFT reference script (`sft_to_clips.py`) is not in any index we could search; only its
+start test is quoted (as `words[i-1][-1].endswith(e) for e in '.?!'` and `words[i][-1].isupper()`),
+and the README says "the text should always start at the beginning of a sentence". We therefore
+apply the pretraining walk unchanged and add the start rule where it bites: a gap or span boundary
+still ENDS a clip at the same word as in pretraining, but the next clip begins only at the first word
+at or after that boundary that may start a clip. The words in between belong to no clip: they are
+reported as a candidate with reason `no_sentence_start` (dropped), and they stay in `previous`.
+A span boundary is not moved back to a sentence end: clips end where the pretraining rule ends them
+(mid-sentence at the 240 s cap), only their starts are constrained, as the paper states.
+
+Reference quirk (`drop_last_word`, off by default): the reference walk never puts the video's last
+word in a clip; that is exactly splitting the words without the last one, which is what the option
+does (in both modes).
+
+Exact boundaries. Times are compared as integer microseconds (`round(t * 1e6)`), thresholds too
+(`round(max_gap * 1e6)`), and rates as integers: `words * 1e9` against `round(wps * 1000) * span_us`.
+So a gap of 3.0 computed as 3.0000000000000004 (or 2.9999999999999996) equals 3.0 s and is not a
+break, while 3.0001 s is; a rate threshold with up to 3 decimals is exact. `bench/loop_rules.py`
+(the per-word oracle) uses the same integer comparisons. This departs from the reference script's
+float comparisons only on such artefacts (there, ends 30.2 and 33.2 are a break because
+33.2 - 30.2 > 3 in floats, and a 60.3 - 30.3 s span is "too short").
+
+The core works on flat arrays (`WordArrays`) and follows, for all gap-free runs of words at once, the
+chain of clip starts inside a run (a few steps: one per 240 s); "first word after i more than
+max_span later" is a binary search in a per-run key that is sorted, with an exact slow path only for
+runs whose times go backwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from stages.lib.words import WordArrays, string_buffers
+
+MODES = ("pretrain", "sft")
+KEPT, TOO_SHORT, TOO_SLOW, TOO_FAST, NO_SENTENCE_START = 0, 1, 2, 3, 4
+REASONS = {TOO_SHORT: "too_short", TOO_SLOW: "too_slow", TOO_FAST: "too_fast",
+           NO_SENTENCE_START: "no_sentence_start"}
+NO_CLIPS = "no_clips"  # a video without any candidate (the stage's row for it)
+SENTENCE_END = b".?!"
+US = 1_000_000
+
+
+@dataclass(frozen=True)
+class ClipRules:
+    mode: str = "pretrain"
+    max_gap: float = 3.0
+    min_span: float = 30.0
+    max_span: float = 240.0
+    min_wps: float = 1.0
+    max_wps: float = 4.0
+    drop_last_word: bool = False
+    sft_allcaps_start: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("max_gap", "min_span", "max_span", "min_wps", "max_wps"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.min_span > self.max_span:
+            raise ValueError(f"min_span ({self.min_span}) must be <= max_span ({self.max_span})")
+        if self.min_wps > self.max_wps:
+            raise ValueError(f"min_wps ({self.min_wps}) must be <= max_wps ({self.max_wps})")
+        if self.max_span > 1e6 or self.max_wps > 1e3:
+            # keeps words * 1e9 and wps_milli * span_us inside int64
+            raise ValueError("max_span must be <= 1e6 s and max_wps <= 1000")
+
+    # integer thresholds: the SAME conversions as bench/loop_rules.py
+    @property
+    def max_gap_us(self) -> int:
+        return round(self.max_gap * US)
+
+    @property
+    def min_span_us(self) -> int:
+        return round(self.min_span * US)
+
+    @property
+    def max_span_us(self) -> int:
+        return round(self.max_span * US)
+
+    @property
+    def min_wps_milli(self) -> int:
+        return round(self.min_wps * 1000)
+
+    @property
+    def max_wps_milli(self) -> int:
+        return round(self.max_wps * 1000)
+
+
+@dataclass
+class ClipArrays:
+    """Candidate clips of many videos, ordered by video then first word. Word indices are flat
+    indices into the `WordArrays` the clips were cut from; a clip is words `[first, stop)`."""
+
+    video: np.ndarray   # int64
+    first: np.ndarray   # int64
+    stop: np.ndarray    # int64
+    start: np.ndarray   # float64: first word start
+    end: np.ndarray     # float64: last word end
+    span: np.ndarray    # float64 seconds (on the mode's times)
+    wps: np.ndarray     # float64 words / span (NaN when span <= 0)
+    code: np.ndarray    # int8: KEPT or a reason code
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    @property
+    def word_count(self) -> np.ndarray:
+        return self.stop - self.first
+
+    def reason(self, k: int) -> str | None:
+        return REASONS.get(int(self.code[k]))
+
+    def per_video(self, n_videos: int) -> np.ndarray:
+        """offsets [n_videos + 1]: the clips of video v are `offsets[v] <= k < offsets[v+1]`."""
+        offsets = np.zeros(n_videos + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.video, minlength=n_videos), out=offsets[1:])
+        return offsets
+
+
+def to_us(t: np.ndarray) -> np.ndarray:
+    """Seconds to integer microseconds, `round(t * 1e6)` element-wise (ties to even, as Python)."""
+    return np.rint(np.asarray(t, dtype=np.float64) * US).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# SFT start rule
+# --------------------------------------------------------------------------------------------------
+
+
+def sentence_starts(word: pa.Array, offsets: np.ndarray, allcaps: bool = False) -> np.ndarray:
+    """bool per word: may an SFT clip start here? The first word of each video may; another word
+    may when the word before it ends in `.`, `?` or `!` and it begins with a capital letter
+    (`w[:1].isupper()`), or with `allcaps` is an all-caps word (`w.isupper()`).
+
+    Byte-level on the UTF-8 buffers; only words after a sentence end are tested, and those whose
+    test needs non-ASCII case rules (or the all-caps test) go through Python's `str.isupper`
+    (exactly the oracle's test)."""
+    n = len(word)
+    ok = np.zeros(n, dtype=bool)
+    if n == 0:
+        return ok
+    so, data = string_buffers(word)
+    lengths = so[1:] - so[:-1]
+    nonempty = lengths > 0
+    last = np.zeros(n, dtype=np.uint8)
+    last[nonempty] = data[so[1:][nonempty] - 1]
+    ends_sentence = np.isin(last, np.frombuffer(SENTENCE_END, dtype=np.uint8))
+    first = np.zeros(n, dtype=np.uint8)
+    first[nonempty] = data[so[:-1][nonempty]]
+    if not allcaps:
+        upper = (first >= 65) & (first <= 90)   # A-Z
+        slow = first >= 0x80                     # non-ASCII first letter: Python decides
+    else:
+        upper = np.zeros(n, dtype=bool)
+        slow = np.ones(n, dtype=bool)            # the quirk option: Python's isupper on candidates
+    # only words that follow a sentence end need the (possibly slow) case test
+    candidates = np.zeros(n, dtype=bool)
+    candidates[1:] = ends_sentence[:-1]
+    slow &= candidates
+    if slow.any():
+        idx = np.flatnonzero(slow)
+        texts = word.take(pa.array(idx)).to_pylist()
+        upper[idx] = [w.isupper() if allcaps else w[:1].isupper() for w in texts]
+    ok = candidates & upper
+    starts = offsets[:-1][np.diff(offsets) > 0]
+    ok[starts] = True
+    return ok
+
+
+# --------------------------------------------------------------------------------------------------
+# splitting
+# --------------------------------------------------------------------------------------------------
+
+
+def split_clips(words: WordArrays, rules: ClipRules) -> ClipArrays:
+    """Candidate clips (kept or with a drop reason) of every video of `words`."""
+    n_videos = words.n_videos
+    counts = words.counts()
+    if rules.drop_last_word and len(words.start):
+        # the reference quirk == splitting without each video's last word
+        last = words.offsets[1:][counts > 0] - 1
+        sel = np.ones(len(words.start), dtype=bool)
+        sel[last] = False
+        eff_to_orig = np.flatnonzero(sel)
+        eff_counts = np.maximum(counts - 1, 0)
+    else:
+        eff_to_orig = None
+        eff_counts = counts
+    eff_offsets = np.zeros(n_videos + 1, dtype=np.int64)
+    np.cumsum(eff_counts, out=eff_offsets[1:])
+    n = int(eff_offsets[-1])
+    sft = rules.mode == "sft"
+    times = words.start if sft else words.end
+    t = to_us(times if eff_to_orig is None else times[eff_to_orig])
+
+    if sft:
+        allowed_all = sentence_starts(words.word, words.offsets, rules.sft_allcaps_start)
+        allowed = allowed_all if eff_to_orig is None else allowed_all[eff_to_orig]
+    else:
+        allowed = None
+
+    empty = ClipArrays(*(np.zeros(0, dtype=np.int64) for _ in range(3)),
+                       *(np.zeros(0, dtype=np.float64) for _ in range(4)), np.zeros(0, dtype=np.int8))
+    if n == 0:
+        return empty
+
+    video_of = np.repeat(np.arange(n_videos, dtype=np.int64), eff_counts)
+    is_vstart = np.zeros(n, dtype=bool)
+    is_vstart[eff_offsets[:-1][eff_counts > 0]] = True
+    diffs = np.diff(t)
+    run_start = is_vstart.copy()
+    run_start[1:] |= diffs > rules.max_gap_us
+    run_first = np.flatnonzero(run_start)
+    run_stop = np.append(run_first[1:], n)
+    run_id = np.cumsum(run_start) - 1
+
+    # per-run key: times shifted so that every run lies above the run before it; cummax keeps the
+    # key sorted where times go backwards (those runs take the exact slow path below). A search
+    # that runs past its run is clamped to the run's end.
+    S = rules.max_span_us
+    rmin = np.minimum.reduceat(t, run_first)
+    rmax = np.maximum.reduceat(t, run_first)
+    width = rmax - rmin + 1
+    base = np.zeros(len(run_first), dtype=np.int64)
+    np.cumsum(width[:-1], out=base[1:])
+    shifted = t - rmin[run_id] + base[run_id]
+    key = np.maximum.accumulate(shifted)
+    backwards = np.zeros(len(run_first), dtype=bool)
+    neg = np.flatnonzero((diffs < 0) & ~run_start[1:]) + 1
+    backwards[run_id[neg]] = True
+
+    def span_break(cur: np.ndarray, rstop: np.ndarray) -> np.ndarray:
+        """first j > cur (in cur's run) with t_j - t_cur > max_span, else the run's end."""
+        j = np.searchsorted(key, shifted[cur] + S, side="right")
+        j = np.minimum(j, rstop)
+        slow = np.flatnonzero(backwards[run_id[cur]])
+        for q in slow.tolist():
+            i, stop = int(cur[q]), int(rstop[q])
+            over = np.flatnonzero(t[i + 1: stop] - t[i] > S)
+            j[q] = i + 1 + over[0] if len(over) else stop
+        return j
+
+    if allowed is not None:
+        allowed_pos = np.append(np.flatnonzero(allowed), n)
+
+        def next_allowed(pos: np.ndarray) -> np.ndarray:
+            return allowed_pos[np.searchsorted(allowed_pos, pos, side="left")]
+
+        cur = next_allowed(run_first)
+    else:
+        cur = run_first.copy()
+    rstop = run_stop
+    live = cur < rstop
+    cur, rstop = cur[live], rstop[live]
+    firsts, stops = [], []
+    while len(cur):
+        j = span_break(cur, rstop)
+        firsts.append(cur)
+        stops.append(j)
+        nxt = j if allowed is None else next_allowed(j)
+        live = nxt < rstop
+        cur, rstop = nxt[live], rstop[live]
+    first = np.concatenate(firsts)
+    stop = np.concatenate(stops)
+
+    count = stop - first
+    span_us = t[stop - 1] - t[first]
+    code = np.full(len(first), KEPT, dtype=np.int8)
+    rate_n = count * 1_000_000_000
+    # priority as the oracle's if/elif: too_short, then too_slow, then too_fast
+    code[rate_n > rules.max_wps_milli * span_us] = TOO_FAST
+    code[rate_n < rules.min_wps_milli * span_us] = TOO_SLOW
+    code[span_us < rules.min_span_us] = TOO_SHORT
+
+    if allowed is not None:
+        # words in no clip: maximal uncovered stretches inside a video
+        cover = np.bincount(first, minlength=n + 1) - np.bincount(stop, minlength=n + 1)
+        covered = np.cumsum(cover[:-1]) > 0
+        gap_start = ~covered & (is_vstart | np.concatenate([[True], covered[:-1]]))
+        gap_end = ~covered & (np.append(is_vstart[1:], True) | np.append(covered[1:], True))
+        g_first = np.flatnonzero(gap_start)
+        g_stop = np.flatnonzero(gap_end) + 1
+        if len(g_first):
+            first = np.concatenate([first, g_first])
+            stop = np.concatenate([stop, g_stop])
+            span_us = np.concatenate([span_us, t[g_stop - 1] - t[g_first]])
+            code = np.concatenate([code, np.full(len(g_first), NO_SENTENCE_START, dtype=np.int8)])
+
+    order = np.argsort(first, kind="stable")
+    first, stop, span_us, code = first[order], stop[order], span_us[order], code[order]
+    video = video_of[first]
+    if eff_to_orig is not None:
+        first_o = eff_to_orig[first]
+        stop_o = eff_to_orig[stop - 1] + 1
+    else:
+        first_o, stop_o = first, stop
+    span = span_us / US
+    cnt = (stop - first).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wps = np.where(span > 0, cnt / np.where(span > 0, span, 1.0), np.nan)
+    return ClipArrays(video, first_o, stop_o, words.start[first_o], words.end[stop_o - 1], span, wps, code)
+
+
+# --------------------------------------------------------------------------------------------------
+# previous text
+# --------------------------------------------------------------------------------------------------
+
+
+def previous_texts(words: WordArrays, clips: ClipArrays, which: np.ndarray | None = None) -> list[str | None]:
+    """`previous` of each clip: every word of its video before the clip, space-joined ("" for a clip
+    at the video start). Only clips where `which` is true get a text (None elsewhere).
+
+    Each needed video is joined once (pyarrow, as UTF-8 bytes); a clip's text is a byte prefix of it,
+    decoded."""
+    if which is None:
+        which = np.ones(len(clips), dtype=bool)
+    out: list[str | None] = [None] * len(clips)
+    sel = np.flatnonzero(which)
+    if len(sel) == 0:
+        return out
+    vids = np.unique(clips.video[sel])
+    so, _ = string_buffers(words.word)
+    big = words.offsets[-1] >= 2**31
+    lists = (pa.LargeListArray if big else pa.ListArray).from_arrays(
+        pa.array(words.offsets if big else words.offsets.astype(np.int32)), words.word)
+    if len(vids) * 2 < words.n_videos:
+        joined = pc.binary_join(lists.take(pa.array(vids)), " ")
+    else:  # most videos needed: join all (no copy of the lists), keep the needed texts
+        joined = pc.binary_join(lists, " ").take(pa.array(vids))
+    binary = pa.large_binary() if pa.types.is_large_string(joined.type) else pa.binary()
+    text_of = dict(zip(vids.tolist(), joined.cast(binary).to_pylist()))
+    video = clips.video[sel]
+    first = clips.first[sel]
+    a = words.offsets[video]
+    # bytes before word `first` in its video's joined text: the words' bytes plus one space each
+    n_bytes = (so[first] - so[a]) + (first - a) - 1
+    for k, v, nb in zip(sel.tolist(), video.tolist(), n_bytes.tolist()):
+        out[k] = text_of[v][:nb].decode("utf-8") if nb > 0 else ""
+    return out
