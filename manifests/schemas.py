@@ -56,6 +56,21 @@ CAPTION_WORDS = pa.schema(ROW + [
     ("distinct_words", pa.int64()),
 ])
 
+SEGMENT = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])
+
+ASR = pa.schema(ROW + [
+    ("title", pa.string()),
+    ("category", pa.string()),
+    ("duration", pa.float64()),
+    ("media_path", pa.string()),
+    ("words", WORDS),
+    ("word_probs", pa.list_(pa.float64())),
+    ("language", pa.string()),
+    ("language_prob", pa.float64()),
+    ("segments", pa.list_(SEGMENT)),
+    ("audio_seconds", pa.float64()),
+])
+
 CLIP = [
     ("clip_id", pa.string()),
     ("video_id", pa.string()),

@@ -25,6 +25,7 @@ from pipeline.summary import summarize, write_summary
 
 SOURCE = "source"
 LOCK = ".lock"
+ACTOR_IDLE_S = 5.0   # an actor with no work for this long is released (its model reloads on demand)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("pipeline")
 
@@ -194,13 +195,11 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
     result.ray_address, result.cluster_cpus = ray.get_runtime_context().gcs_address, cpus
     limits = [parallel_limit(s.resources(), cpus, gpus) for s in stages]
     remote_task = ray.remote(run_task)
-    remote_actor = ray.remote(StageActor)
-    actors: list[list] = [[] for _ in stages]         # idle actors per actor stage
-    actor_count = [0] * len(stages)
-    busy_actor: dict = {}
-    in_flight: dict = {}                                # ref -> (part, stage index)
+    pools = [ActorPool(ray.remote(StageActor), s) if s.resources().actor else None for s in stages]
+    in_flight: dict = {}                                # ref -> (part, stage index, actor or None)
     per_stage_flight = [0] * len(stages)
     ready: list[tuple[int, int]] = []                   # (stage index, part)
+    position: dict[int, int] = {}                       # part -> the stage it waits for or runs in
     bars = [tqdm(total=parts, desc=f"{s.name:<16}", position=i, leave=True, disable=not progress,
                  unit="part", dynamic_ncols=True) for i, s in enumerate(stages)]
 
@@ -211,6 +210,7 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
 
     def advance(part: int, index: int) -> None:
         """Queue the first stage at or after `index` whose marker is stale; count the valid ones."""
+        position.pop(part, None)
         while index <= last:
             stage = stages[index]
             marker = store.marker(stage.name, part)
@@ -226,6 +226,7 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
                 index += 1
                 continue
             ready.append((index, part))
+            position[part] = index
             return
 
     for part in range(parts):
@@ -235,32 +236,32 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
         stage = stages[index]
         upstream = SOURCE if index == 0 else stages[index - 1].name
         args = (store.uri, part, upstream, chains[index], output_sha(index - 1, part), run_id)
-        res = stage.resources()
-        if res.actor:
-            if not actors[index]:
-                actors[index].append(remote_actor.options(**ray_options(res)).remote(stage))
-                actor_count[index] += 1
-            actor = actors[index].pop()
+        if pools[index] is not None:
+            actor = pools[index].take()
             ref = actor.run.remote(*args)
-            busy_actor[ref] = actor
         else:
-            ref = remote_task.options(**ray_options(res)).remote(stage, *args)
-        in_flight[ref] = (part, index)
+            actor = None
+            ref = remote_task.options(**ray_options(stage.resources())).remote(stage, *args)
+        in_flight[ref] = (part, index, actor)
         per_stage_flight[index] += 1
 
-    def can_submit(index: int) -> bool:
-        if per_stage_flight[index] >= limits[index]:
-            return False
-        if stages[index].resources().actor:
-            return bool(actors[index]) or actor_count[index] < limits[index]
-        return True
+    def release_idle_actors() -> None:
+        """Actors hold their CPUs/GPUs while alive: give them back when their stage has no work now,
+        so the stages that feed it can run (no deadlock on a small machine)."""
+        for index, pool in enumerate(pools):
+            if pool is None or not pool.idle:
+                continue
+            if not any(i <= index for i in position.values()):
+                pool.release(0.0)                       # no part will reach this stage again
+            elif not any(i == index for i, _ in ready):
+                pool.release(ACTOR_IDLE_S)
 
     try:
         while ready or in_flight:
             ready.sort(key=lambda item: (-item[0], item[1]))   # later stages first: no barrier
             waiting = []
             for index, part in ready:
-                if can_submit(index):
+                if per_stage_flight[index] < limits[index]:
                     submit(index, part)
                 else:
                     waiting.append((index, part))
@@ -269,10 +270,10 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
                 break
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in done:
-                part, index = in_flight.pop(ref)
+                part, index, actor = in_flight.pop(ref)
                 per_stage_flight[index] -= 1
-                if ref in busy_actor:
-                    actors[index].append(busy_actor.pop(ref))
+                if actor is not None:
+                    pools[index].give_back(actor)
                 name = stages[index].name
                 try:
                     marker = ray.get(ref)
@@ -280,6 +281,7 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
                     message = " ".join(str(exc).split())[-400:]
                     result.failed.append((name, part, message))
                     log.error("stage %s part %d failed: %s", name, part, message)
+                    position.pop(part, None)
                     continue
                 result.ran[name] += 1
                 bars[index].update(1)
@@ -287,10 +289,45 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
                          marker["rows_out"], marker["seconds"])
                 if index < last:
                     advance(part, index + 1)
+                else:
+                    position.pop(part, None)
+            release_idle_actors()
     finally:
         for bar in bars:
             bar.close()
+        for pool in pools:
+            if pool is not None:
+                pool.release(0.0)
     return result
+
+
+class ActorPool:
+    """The long-lived workers of a model stage: created on demand, reused part after part (the
+    model loads once per actor), and killed when idle so their resources go back to the cluster."""
+
+    def __init__(self, actor_class, stage: Stage) -> None:
+        self.actor_class, self.stage = actor_class, stage
+        self.idle: list[tuple[object, float]] = []   # (actor, idle since)
+
+    def take(self):
+        if self.idle:
+            return self.idle.pop()[0]
+        return self.actor_class.options(**ray_options(self.stage.resources())).remote(self.stage)
+
+    def give_back(self, actor) -> None:
+        self.idle.append((actor, time.monotonic()))
+
+    def release(self, idle_for: float) -> None:
+        import ray
+
+        now = time.monotonic()
+        keep = []
+        for actor, since in self.idle:
+            if now - since >= idle_for:
+                ray.kill(actor)
+            else:
+                keep.append((actor, since))
+        self.idle = keep
 
 
 def _setup_logging(store: RunStore, run_id: str) -> None:

@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SAMPLES_VERSION = 2
+SAMPLES_VERSION = 3
 
 SAMPLE_RATE = 22050  # espeak-ng's native rate; the mp4 carries 16 kHz AAC
 WIDTH, HEIGHT, FPS = 640, 480, 5
@@ -278,6 +278,12 @@ def _silence(seconds: float) -> array:
     return array("h", bytes(2 * round(seconds * SAMPLE_RATE)))
 
 
+def _room_tone(seconds: float, seed: int) -> array:
+    """Faint deterministic noise: an audio track that holds no speech."""
+    rng = random.Random(seed)
+    return array("h", (rng.randint(-60, 60) for _ in range(round(seconds * SAMPLE_RATE))))
+
+
 def _tune(seconds: float, seed: int) -> array:
     """A simple sine-tone melody (C major notes of 0.25 s with 10 ms fades)."""
     notes = [261.63, 293.66, 329.63, 349.23, 392.00, 440.00, 493.88, 523.25]
@@ -491,6 +497,10 @@ def _video_specs() -> list[_Video]:
                caption_kind=None, audio=False, metadata_in_source=True, color="0x303030", box="0xa0a0ff",
                outcome={"drop": "no_captions", "has_audio": False},
                notes="video stream only: no audio stream and no captions"),
+        _Video("quiet_room", "An Empty Room at Night", 45.0, categories=["Education"],
+               caption_kind=None, color="0x202830", box="0x808080",
+               outcome={"drop": "no_captions", "sft_drop": "no_speech"},
+               notes="an audio track of faint room tone and no speech; no captions"),
     ]
 
 
@@ -571,6 +581,8 @@ def _compose(videos: list[_Video], synth: _Synth) -> None:
                    min_reach=v.duration - 6.0)
         elif v.name == "silent_video":
             pass
+        elif v.name == "quiet_room":
+            tl.add(_room_tone(v.duration, seed=7))
         else:  # pragma: no cover - a spec without a composer
             raise RuntimeError(f"no composer for sample {v.name}")
         tl.pad_to(v.duration)

@@ -1,0 +1,109 @@
+"""`make sft-set` on the sample corpus through Ray: word-level ASR with the real Whisper tiny.en, SFT
+clip rules, shards; and a kill in the middle of `asr` that resumes with no video transcribed twice."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.support.runs import manifest, reasons, run_pretrain
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+KEPT_CLIPS = {"talk_normal": 1, "talk_gap": 2, "music_cues": 1, "auto_captions": 1, "no_captions": 1}
+
+
+def norm(word: str) -> str:
+    return re.sub(r"[^a-z0-9']", "", word.lower())
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, samples_dir, ray_local):
+    run_dir = tmp_path_factory.mktemp("sft") / "run"
+    result = run_pretrain(run_dir, samples_dir / "source.jsonl", profile="sft")
+    return run_dir, result
+
+
+def test_rows_per_status_and_reason(sft_run):
+    run_dir, result = sft_run
+    assert result.ok, result.failed
+    md = reasons(run_dir, "metadata_filter")
+    assert md[("dropped", "category")] == 1 and md[("dropped", "language")] == 1
+    assert md[("error", "malformed_row")] == 2 and md[("error", "corrupt_media")] == 1
+    asr = manifest(run_dir, "asr").set_index("id")
+    assert asr.loc["silent_video", "reason"] == "no_audio"
+    assert asr.loc["quiet_room", "reason"] == "no_speech"
+    assert (asr.drop(["silent_video", "quiet_room"]).status == "ok").all()
+    assert (asr[asr.status == "ok"].language == "en").all()
+    clips = manifest(run_dir, "clip_split")
+    assert Counter(clips[clips.status == "ok"].video_id) == Counter(KEPT_CLIPS)
+    assert clips.groupby("video_id").reason.first()["talk_slow"] == "too_slow"
+    shards = manifest(run_dir, "shard")
+    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(clips[clips.status == "ok"].clip_id)
+
+
+def test_sft_clips_obey_the_rules(sft_run):
+    run_dir, _ = sft_run
+    clips = manifest(run_dir, "clip_split")
+    asr = manifest(run_dir, "asr")
+    asr_words = {r.id: list(r.words) for r in asr[asr.status == "ok"].itertuples()}
+    for clip in clips[clips.status == "ok"].itertuples():
+        words = list(clip.words)
+        starts = [w["start"] for w in words]
+        assert starts == sorted(starts)
+        assert all(clip.start <= w["start"] <= w["end"] <= clip.end for w in words)
+        assert all(b - a <= 3.0 + 1e-9 for a, b in zip(starts, starts[1:]))
+        assert 30 <= starts[-1] - starts[0] <= 240
+        video = asr_words[clip.video_id]
+        first = len(clip.previous.split()) if clip.previous else 0
+        assert [w["word"] for w in video[first:first + len(words)]] == [w["word"] for w in words]
+        if first:   # a clip starts at a sentence start: after . ? ! and with a capital letter
+            assert video[first - 1]["word"].rstrip()[-1] in ".?!" and words[0]["word"][0].isupper()
+
+
+def test_asr_transcribes_the_speech(sft_run, samples_dir):
+    """tiny.en on the synthetic speech: most caption words are recognised, in order."""
+    run_dir, _ = sft_run
+    expected = json.loads((samples_dir / "expected.json").read_text())["videos"]
+    asr = manifest(run_dir, "asr").set_index("id")
+    for video in ("talk_normal", "talk_gap", "auto_captions"):
+        truth = [norm(w) for cue in expected[video]["cues"] for w in cue[2].split() if "[" not in cue[2]]
+        heard = [norm(w["word"]) for w in asr.loc[video, "words"]]
+        matched = sum(min(c, Counter(heard)[w]) for w, c in Counter(truth).items())
+        assert matched / len(truth) >= 0.85, (video, matched, len(truth))
+
+
+def test_sigkill_mid_asr_then_resume(tmp_path, samples_dir):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "pipeline", "run", "sft", "--source", str(samples_dir / "source.jsonl"),
+           "--run", str(run_dir), "--set", "run.part_size=1", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list((run_dir / "asr").glob("_*.done"))) < 2:
+        assert time.time() < deadline and proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    finished = len(list((run_dir / "asr").glob("_*.done")))
+    resumed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    asr_parts = len(list((run_dir / "asr").glob("_*.done")))
+    assert finished < asr_parts, "kill did not land in the middle of asr"
+    # the parts done before the kill were not transcribed again
+    assert f"asr {asr_parts - finished}," in resumed.stdout.split("parts run now:")[1]
+    asr = manifest(run_dir, "asr")
+    download = manifest(run_dir, "download")
+    assert asr.id.is_unique
+    assert set(asr.id) == set(download[download.status == "ok"].id)
+    clips = manifest(run_dir, "clip_split")
+    assert Counter(clips[clips.status == "ok"].video_id) == Counter(KEPT_CLIPS)
