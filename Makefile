@@ -49,8 +49,9 @@ sft-set: setup-models
 test: setup-models
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q $(ARGS)
 
-bench: setup
+bench: setup-models
 	$(PY) -m bench.caption_clip
+	$(PY) -m bench.asr_rtf
 
 clean:
 	rm -rf runs samples/build

@@ -72,7 +72,11 @@ def error(row: dict, reason: str, **fields: Any) -> dict:
 
 
 def error_from_exception(row: dict, exc: BaseException) -> dict:
+    """An error row; exceptions that carry a reason `code` (MediaError, DownloadFailure) read
+    `code: message`, others `ErrorClass: message`."""
     message = " ".join(str(exc).split())[:300]
+    if isinstance(getattr(exc, "code", None), str) and message.startswith(exc.code):
+        return error(row, message)
     return error(row, f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
 
 
