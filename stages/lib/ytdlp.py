@@ -210,37 +210,29 @@ def choose_captions(info: dict, langs: Iterable[str] = DEFAULT_CAPTION_LANGS,
     patterns = tuple(re.compile(p, re.I) for p in langs)
     formats = tuple(formats)
 
-    manual = info.get("subtitles") or {}
-    best: tuple[int, int, str, str] | None = None
-    for order, (lang, tracks) in enumerate(manual.items()):
-        if lang == "live_chat":
-            continue
-        rank = _lang_rank(lang, patterns)
-        ext = _first_format(tracks, formats)
-        if rank is None or ext is None:
-            continue
-        if best is None or (rank, order) < best[:2]:
-            best = (rank, order, lang, ext)
-    if best:
-        return best[2], MANUAL, best[3]
+    def best_track(tracks: dict, rank_of) -> tuple[str, str] | None:
+        """(lang, ext) of the track with the best language rank (then the first listed)."""
+        best: tuple[int, int, str, str] | None = None
+        for order, (lang, entries) in enumerate(tracks.items()):
+            rank = rank_of(lang)
+            ext = _first_format(entries, formats)
+            if rank is not None and ext is not None and (best is None or (rank, order) < best[:2]):
+                best = (rank, order, lang, ext)
+        return (best[2], best[3]) if best else None
 
+    manual = best_track({k: v for k, v in (info.get("subtitles") or {}).items() if k != "live_chat"},
+                        lambda lang: _lang_rank(lang, patterns))
+    if manual:
+        return manual[0], MANUAL, manual[1]
     auto = info.get("automatic_captions") or {}
-    has_orig = any(k.endswith("-orig") for k in auto)
-    for order, (lang, tracks) in enumerate(auto.items()):
-        if has_orig:
-            if not lang.endswith("-orig"):
-                continue
-            rank = _lang_rank(lang[: -len("-orig")], patterns)
-        else:
-            rank = _lang_rank(lang, patterns)
-        ext = _first_format(tracks, formats)
-        if rank is None or ext is None:
-            continue
-        if best is None or (rank, order) < best[:2]:
-            best = (rank, order, lang, ext)
-    if best:
-        return best[2], AUTOMATIC, best[3]
-    return None
+    if any(k.endswith("-orig") for k in auto):
+        # YouTube: `xx-orig` is the speech recognition track; every other automatic language is a
+        # machine translation of it
+        chosen = best_track(auto, lambda lang: _lang_rank(lang[: -len("-orig")], patterns)
+                            if lang.endswith("-orig") else None)
+    else:
+        chosen = best_track(auto, lambda lang: _lang_rank(lang, patterns))
+    return (chosen[0], AUTOMATIC, chosen[1]) if chosen else None
 
 
 def describe_captions(info: dict, limit: int = 8) -> str:
