@@ -54,6 +54,8 @@ test: setup-models
 bench: setup-models
 	$(PY) -m bench.caption_clip
 	$(PY) -m bench.asr_rtf
+	$(PY) -m bench.lm_filter
+	$(PY) -m bench.talking_head
 
 clean:
 	rm -rf runs samples/build
