@@ -93,10 +93,11 @@ def _inspect(run_dir: str, stage: str, rows: int, status: str | None) -> int:
         raise ConfigError(f"no finished parts of stage {stage!r} in {run_dir}")
     print(table.schema)
     print()
-    counts = table.group_by(["status", "reason"]).aggregate([("id", "count")]).to_pylist()
-    for c in sorted(counts, key=lambda c: (c["status"], -c["id_count"])):
-        print(f"{c['status']:<8} {c['id_count']:>7}  {c['reason'] or ''}")
-    print()
+    if "status" in table.schema.names:   # every stage manifest; the source parts have none
+        counts = table.group_by(["status", "reason"]).aggregate([("id", "count")]).to_pylist()
+        for c in sorted(counts, key=lambda c: (c["status"], -c["id_count"])):
+            print(f"{c['status']:<8} {c['id_count']:>7}  {c['reason'] or ''}")
+        print()
     if status:
         table = table.filter(pc.equal(table.column("status"), status))
     import pandas as pd

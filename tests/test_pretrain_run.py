@@ -159,3 +159,24 @@ def test_http_source_through_ytdlp(tmp_path, samples_dir, ray_local):
     dl = manifest(tmp_path / "run", "download")
     assert set(dl[dl.status == "ok"].captions_kind) <= {"manual", "automatic"}
     assert any(p.endswith(".mp4") for p in server.requests)
+
+
+def test_status_and_inspect_commands(local_run):
+    import sys
+
+    run_dir, _ = local_run
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    status = cli("status", str(run_dir))
+    lines = {line.split()[0]: line.split() for line in status.splitlines() if line and not line.startswith(" ")}
+    assert lines["shard"][1] == f"{len(list((run_dir / 'shard').glob('_*.done')))}/" \
+        f"{len(list((run_dir / 'source').glob('_*.done')))}"
+    assert "too_slow 1" in status and "malformed_row 2" in status and "talking_head: min" in status
+    shown = cli("inspect", str(run_dir), "clip_split", "--status", "dropped", "--rows", "3")
+    assert "words: list<element: struct<start: double, end: double, word: string>>" in shown
+    assert "too_fast" in shown and "talk_slow" in shown
