@@ -42,7 +42,7 @@ $(VENV)/.installed-models: $(VENV)/.installed constraints.txt
 samples: setup
 	$(PY) -m pipeline.samples samples/build
 
-pretrain-set: setup
+pretrain-set: setup-models
 	$(PY) -m pipeline run pretrain $(RUN_FLAGS)
 
 sft-set: setup-models

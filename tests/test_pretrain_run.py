@@ -145,6 +145,18 @@ def test_threshold_change_reruns_only_clip_split_and_after(local_run, tmp_path, 
     again = run_pretrain(run_dir, samples_dir / "source.jsonl")
     assert again.ok and again.ran["download"] == 0
     assert again.summary["stages"]["shard"]["kept"] == SHARDED
+    # --only: that stage alone runs; the stages after it catch up on the next run (min_span 45 drops
+    # talk_gap's first clip, 41.7 s), re-deciding from cached scores: no clip is scored again
+    only = run_pretrain(run_dir, samples_dir / "source.jsonl", "clip_split.min_span=45", only="clip_split")
+    assert only.ok and only.ran == {s: (first.parts if s == "clip_split" else 0) for s in STAGES}
+    scores = {p: p.stat().st_mtime_ns for stage in ("lm_filter", "talking_head")
+              for p in (run_dir / stage).rglob("_scores/*/*")}
+    assert scores
+    follow = run_pretrain(run_dir, samples_dir / "source.jsonl", "clip_split.min_span=45")
+    assert follow.ok and follow.ran["clip_split"] == 0 and follow.ran["caption_words"] == 0
+    assert follow.ran["lm_filter"] == follow.ran["shard"] == first.parts
+    assert {p: p.stat().st_mtime_ns for p in scores} == scores
+    assert follow.summary["stages"]["shard"]["kept"] == SHARDED - 1
 
 
 def test_http_source_through_ytdlp(tmp_path, samples_dir, ray_local):
