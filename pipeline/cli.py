@@ -102,6 +102,6 @@ def _inspect(run_dir: str, stage: str, rows: int, status: str | None) -> int:
         table = table.filter(pc.equal(table.column("status"), status))
     import pandas as pd
 
-    with pd.option_context("display.max_columns", 20, "display.width", 160, "display.max_colwidth", 40):
+    with pd.option_context("display.max_columns", None, "display.width", 160, "display.max_colwidth", 40):
         print(table.slice(0, rows).to_pandas())
     return 0

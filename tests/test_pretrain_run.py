@@ -189,6 +189,6 @@ def test_status_and_inspect_commands(local_run):
     assert lines["shard"][1] == f"{len(list((run_dir / 'shard').glob('_*.done')))}/" \
         f"{len(list((run_dir / 'source').glob('_*.done')))}"
     assert "too_slow 1" in status and "malformed_row 2" in status and "talking_head: min" in status
-    shown = cli("inspect", str(run_dir), "clip_split", "--status", "dropped", "--rows", "3")
+    shown = cli("inspect", str(run_dir), "clip_split", "--status", "dropped", "--rows", "20")
     assert "words: list<element: struct<start: double, end: double, word: string>>" in shown
-    assert "too_fast" in shown and "talk_slow" in shown
+    assert "too_slow" in shown and "talk_slow" in shown   # (the run may carry min_span=45 by now)
