@@ -29,11 +29,18 @@ def reasons(run_dir: Path, stage: str) -> Counter:
     return Counter((s, r.split(":")[0] if isinstance(r, str) else "") for s, r in zip(df["status"], df["reason"]))
 
 
+# Columns that record what this run did rather than what the data is: `attempts` counts the fetches of
+# this run (0 when a resumed run reuses a file an earlier run downloaded).
+RUN_HISTORY = {"attempts"}
+
+
 def canonical_manifests(run_dir: Path, stages: list[str]) -> dict[str, list[dict]]:
     out = {}
     for stage in stages:
         table = RunStore(str(run_dir)).read_stage(stage)
-        out[stage] = sorted(table.to_pylist(), key=lambda r: r["id"]) if table is not None else []
+        rows = table.to_pylist() if table is not None else []
+        out[stage] = sorted(({k: v for k, v in r.items() if k not in RUN_HISTORY} for r in rows),
+                            key=lambda r: r["id"])
     return out
 
 
