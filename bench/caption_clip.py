@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             base_videos += m
             base_words += int(len(proj_sub["words"].start))
             if contract is None:
-                contract = _contract_cost(proj_sub)
+                contract = _stage_end_to_end(proj_sub, sub, args.repeat)
             del proj_sub, base
         done += n
         del videos, proj
@@ -307,33 +307,116 @@ def main(argv: list[str] | None = None) -> int:
               f"{'yes' if not problems else 'NO'}")
     if contract:
         print()
-        print("stage contract around the core (rows are dicts, one dict per word), first batch of the subset:")
-        for name, (seconds, words) in contract.items():
-            print(f"  {name:58s} {seconds:7.2f} s  {words / seconds:12,.0f} words/s")
+        print(f"the stages end to end, manifest in -> manifest out, first batch of the subset, best of {args.repeat};")
+        print("baseline: the same rules as a per-word loop over rows of dicts; the two manifests checked equal")
+        print(f"  {'stage':26s} {'manifests as':14s} {'project':>9s} {'baseline':>9s} {'speed-up':>9s} "
+              f"{'project words/s':>16s}")
+        for name, res in contract.items():
+            for how, label in (("arrow", "Arrow tables"), ("parquet", "Parquet bytes")):
+                tp, tb = res[how]
+                print(f"  {name:26s} {label:14s} {tp:8.2f}s {tb:8.2f}s {tb / tp:8.1f}x {res['words'] / tp:16,.0f}")
     if problems:
         print("MISMATCHES:", *problems[:20], sep="\n  ")
         return 1
     return 0
 
 
-def _contract_cost(proj: dict) -> dict:
-    """Seconds for the per-word Python objects the Stage contract needs (the core excluded)."""
+def _stage_end_to_end(proj: dict, videos: list[list[Cue]], repeat: int) -> dict:
+    """The stages as the engine runs them, best of `repeat`: the project's columnar stages vs the same
+    rules as a per-word loop over rows of dicts (the loop oracle plus the row plumbing a row-at-a-time
+    stage needs). Timed twice: manifest in -> manifest out as Arrow tables (what a stage owns), and
+    with the Parquet read and write of the manifests around it (the same bytes on both sides).
+    Returns {name: {"arrow": (project s, baseline s), "parquet": (...), "words": n}}; exits when the
+    two manifests differ."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from manifests.schemas import CAPTION_WORDS, CLIP_SPLIT
+    from pipeline.stage import PartContext, conform, rows_to_table
     from stages.clip_split import ClipSplit, Config
-    from pipeline.stage import PartContext
 
     words = proj["words"]
-    t0 = time.perf_counter()
-    lists = [words.video_dicts(v) for v in range(words.n_videos)]
-    t_dicts = time.perf_counter() - t0
-    rows = [{"id": f"v{v}", "title": "t", "category": "c", "media_path": "m", "words": w}
-            for v, w in enumerate(lists)]
+    n = words.n_videos
+    meta = {"id": [f"v{v:06d}" for v in range(n)], "status": ["ok"] * n, "reason": [None] * n,
+            "title": ["A title"] * n, "category": ["Education"] * n,
+            "media_path": [f"media/v{v}.mp4" for v in range(n)]}
+    manifest_in = conform(pa.table({**meta, "words": words.to_list_array(),
+                                    "word_count": pa.array(words.counts())}), CAPTION_WORDS)
     stage = ClipSplit(Config())
-    t0 = time.perf_counter()
-    stage.process(rows, PartContext(run_dir="/tmp", part=0))
-    t_stage = time.perf_counter() - t0
-    n = int(len(words.start))
-    return {"caption_words: flat words -> per-word dicts of the rows": (t_dicts, n),
-            "clip_split (pretrain): ClipSplit.process, rows in -> rows out": (t_stage, n)}
+    rules = stage.config.rules()
+    ctx = PartContext(run_dir="/tmp", part=0)
+
+    def clip_project(table: pa.Table) -> pa.Table:
+        return conform(stage.process_table(table, ctx), CLIP_SPLIT)
+
+    def clip_baseline(table: pa.Table) -> pa.Table:
+        out = []
+        for row in table.to_pylist():
+            triples = [(w["start"], w["end"], w["word"]) for w in row["words"]]
+            clips = loop_rules.split(triples, mode=rules.mode, max_gap=rules.max_gap, min_span=rules.min_span,
+                                     max_span=rules.max_span, min_wps=rules.min_wps, max_wps=rules.max_wps)
+            if not clips:
+                out.append({"id": row["id"], "video_id": row["id"], "status": "dropped", "reason": "no_clips",
+                            "word_count": 0, "title": row["title"], "category": row["category"],
+                            "media_path": row["media_path"]})
+            seen: dict[str, int] = {}
+            for c in clips:
+                cid = f"{row['id']}_{round(c['start'] * 1000):08d}_{round(c['end'] * 1000):08d}"
+                seen[cid] = seen.get(cid, 0) + 1
+                cid = cid if seen[cid] == 1 else f"{cid}_{seen[cid]}"
+                span = c["span_us"] / 1e6
+                count = c["stop"] - c["first"]
+                kept = c["verdict"] == "kept"
+                out.append({"id": cid, "clip_id": cid, "video_id": row["id"], "status": "ok" if kept else "dropped",
+                            "reason": None if kept else c["verdict"], "start": c["start"], "end": c["end"],
+                            "words": row["words"][c["first"]:c["stop"]], "previous": c["previous"],
+                            "title": row["title"], "category": row["category"], "media_path": row["media_path"],
+                            "word_count": count, "span": span, "wps": count / span if span > 0 else None})
+        return rows_to_table(out, CLIP_SPLIT)
+
+    def caption_project(_: pa.Table) -> pa.Table:
+        w = cues_to_words(CueArrays.from_cue_lists(videos), True)
+        return conform(pa.table({**meta, "words": w.to_list_array(), "word_count": pa.array(w.counts()),
+                                 "distinct_words": pa.array(distinct_word_counts(w))}), CAPTION_WORDS)
+
+    def caption_baseline(_: pa.Table) -> pa.Table:
+        rows = []
+        for v, cues in enumerate(videos):
+            ws = loop_rules.cue_words(cues, True)
+            rows.append({**{k: meta[k][v] for k in meta}, "words": [{"start": a, "end": b, "word": t} for a, b, t in ws],
+                         "word_count": len(ws), "distinct_words": _loop_distinct(ws)})
+        return rows_to_table(rows, CAPTION_WORDS)
+
+    def with_parquet(fn, data: bytes):
+        def run(_: pa.Table) -> pa.Table:
+            out = fn(pq.read_table(io.BytesIO(data)))
+            buf = io.BytesIO()
+            pq.write_table(out, buf, compression="zstd")
+            return out
+        return run
+
+    buf = io.BytesIO()
+    pq.write_table(manifest_in, buf, compression="zstd")
+    data_in = buf.getvalue()
+    results: dict = {}
+    for name, (fast, slow) in {"caption_words (cues in)": (caption_project, caption_baseline),
+                               "clip_split (pretrain)": (clip_project, clip_baseline)}.items():
+        results[name] = {"words": int(len(words.start))}
+        for how, (f, b) in {"arrow": (fast, slow),
+                            "parquet": (with_parquet(fast, data_in), with_parquet(slow, data_in))}.items():
+            best_p = best_b = math.inf
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                got_p = f(manifest_in)
+                best_p = min(best_p, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                got_b = b(manifest_in)
+                best_b = min(best_b, time.perf_counter() - t0)
+            if not got_p.sort_by("id").equals(got_b.sort_by("id")):
+                raise SystemExit(f"{name}: the project's and the baseline's manifests differ")
+            results[name][how] = (best_p, best_b)
+    return results
 
 
 if __name__ == "__main__":

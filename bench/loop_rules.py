@@ -1,8 +1,9 @@
 """The LiveCC word and clip rules as plain per-word Python loops.
 
 Deliberately straightforward: one video at a time, one word at a time, close to the reference
-scripts (showlab/livecc `data/production/pretrain_to_clips.py`). It is the baseline of
-`bench/caption_clip.py` and the oracle the tests compare the vectorised code
+scripts (showlab/livecc `data/production/pretrain_to_clips.py` and `sft_to_clips.py`) but in the
+spec-clean convention below (the scripts' own float comparisons: `bench/reference_clips.py`). It is
+the baseline of `bench/caption_clip.py` and the oracle the tests compare the vectorised code
 (`stages/lib/words.py`, `stages/lib/clips.py`) with. It shares no code with them: the rules and
 the exact-boundary convention (integer microseconds, rates as integers) are written out again here.
 """
@@ -60,11 +61,16 @@ def can_start(words: list[tuple[float, float, str]], i: int, allcaps: bool) -> b
 
 def split(words: list[tuple[float, float, str]], mode: str = "pretrain", max_gap: float = 3.0,
           min_span: float = 30.0, max_span: float = 240.0, min_wps: float = 1.0, max_wps: float = 4.0,
-          drop_last_word: bool = False, sft_allcaps_start: bool = False) -> list[dict]:
-    """One video's candidate clips: dicts with first, stop (word indices), verdict, span, previous."""
+          drop_last_word: bool = False, sft_allcaps_start: bool = False,
+          rate_filter: bool | None = None) -> list[dict]:
+    """One video's candidate clips: dicts with first, stop (word indices), verdict, span, previous.
+
+    The rate test applies when `rate_filter` is true, or when it is None and the mode is pretrain
+    (the SFT rules have no rate test)."""
     gap_us, min_us, max_us = round(max_gap * US), round(min_span * US), round(max_span * US)
     min_milli, max_milli = round(min_wps * 1000), round(max_wps * 1000)
     sft = mode == "sft"
+    check_rate = (not sft) if rate_filter is None else rate_filter
     t = [_us(w[0] if sft else w[1]) for w in words]
     limit = len(words) - 1 if drop_last_word else len(words)
     clips = []
@@ -86,9 +92,9 @@ def split(words: list[tuple[float, float, str]], mode: str = "pretrain", max_gap
         n = j - i
         if span < min_us:
             verdict = "too_short"
-        elif n * 1_000_000_000 < min_milli * span:
+        elif check_rate and n * 1_000_000_000 < min_milli * span:
             verdict = "too_slow"
-        elif n * 1_000_000_000 > max_milli * span:
+        elif check_rate and n * 1_000_000_000 > max_milli * span:
             verdict = "too_fast"
         else:
             verdict = "kept"

@@ -6,7 +6,15 @@ import re
 from urllib.parse import parse_qs, urlparse
 
 _YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
+_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+# A video id is at most this long: a clip id adds 18 characters (and rarely `_N`), a shard member
+# `.json`, and USTAR tar headers hold 100 bytes; file names (`{id}.info.json`) stay far below 255.
+MAX_ID = 64
+_HASH_CHARS = 12
+# Ids that were cleaned or cut end in `--` and a hash of the original; an id that merely looks like
+# one is hashed too, so two different source ids never map to the same id.
+_HASHED = re.compile(r"--[0-9a-f]{%d}$" % _HASH_CHARS)
 
 
 def youtube_id(url: str) -> str | None:
@@ -37,15 +45,26 @@ def youtube_url(video_id: str) -> str:
     return f"https://www.youtube.com/watch?v={video_id}"
 
 
+def safe_id(text: str) -> str:
+    """`text` itself when it is already a safe id (letters, digits, `_`, `-`; no leading `-`, which
+    ffmpeg and yt-dlp would read as an option; at most MAX_ID characters); otherwise its safe
+    characters, cut, plus `--` and a hash of the whole original. Different texts never share an id
+    (up to a 48-bit hash collision)."""
+    if (len(text) <= MAX_ID and _SAFE.fullmatch(text) and not text.startswith("-")
+            and not _HASHED.search(text)):
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_CHARS]
+    prefix = _UNSAFE.sub("_", text).strip("-_")[: MAX_ID - _HASH_CHARS - 2].rstrip("-_")
+    return f"{prefix or 'id'}--{digest}"
+
+
 def video_id(url: str, given: str | None = None) -> str:
     """A video's id: the source's own id (made safe), else the YouTube id, else a hash of the URL."""
-    if given:
-        safe = _UNSAFE.sub("_", str(given).strip()).strip("_")
-        if safe:
-            return safe
+    if given is not None and given != "":
+        return safe_id(str(given))
     yt = youtube_id(url)
     if yt:
-        return yt
+        return safe_id(yt)
     return "u" + hashlib.sha1(url.strip().encode()).hexdigest()[:15]
 
 

@@ -13,6 +13,7 @@ ROW = [("id", pa.string()), ("status", pa.string()), ("reason", pa.string())]
 
 SOURCE = pa.schema([
     ("id", pa.string()),
+    ("source_id", pa.string()),     # the row's own id as given (ids are cleaned: manifests/ids.py)
     ("source_row", pa.int64()),
     ("raw", pa.string()),           # the source row as JSON (or the raw line when it did not parse)
     ("parse_error", pa.string()),   # why the row is unusable, set by the source reader
@@ -30,7 +31,8 @@ VIDEO = [
     ("captions", pa.string()),      # a captions file the source row named (path or URL)
 ]
 
-METADATA_FILTER = pa.schema(ROW + VIDEO + [("source_row", pa.int64()), ("metadata_from", pa.string())])
+METADATA_FILTER = pa.schema(ROW + VIDEO + [("source_id", pa.string()), ("source_row", pa.int64()),
+                                           ("metadata_from", pa.string())])
 
 MEDIA = [
     ("media_path", pa.string()),
@@ -41,6 +43,7 @@ MEDIA = [
     ("captions_format", pa.string()),  # vtt | srt | json3
     ("info_path", pa.string()),
     ("attempts", pa.int64()),
+    ("media_duration", pa.float64()),  # seconds of video that really decode (`duration`: what metadata claims)
 ]
 
 DOWNLOAD = pa.schema(ROW + VIDEO + MEDIA)
@@ -54,6 +57,12 @@ CAPTION_WORDS = pa.schema(ROW + [
     ("words", WORDS),
     ("word_count", pa.int64()),
     ("distinct_words", pa.int64()),
+    ("media_duration", pa.float64()),  # decodable seconds of the video (download)
+    ("words_past_media", pa.int64()),  # words dropped: they end after the decodable media
+    ("cues", pa.int64()),              # caption cues in the file
+    ("cues_dropped", pa.int64()),      # negative, reversed, zero-length or non-finite cue times
+    ("cues_unordered", pa.int64()),    # cues listed before an earlier-starting cue (sorted)
+    ("bad_bytes", pa.int64()),         # undecodable bytes dropped from the captions text
 ])
 
 SEGMENT = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])
@@ -69,6 +78,7 @@ ASR = pa.schema(ROW + [
     ("language_prob", pa.float64()),
     ("segments", pa.list_(SEGMENT)),
     ("audio_seconds", pa.float64()),
+    ("words_past_media", pa.int64()),  # words dropped: they end after the decodable video (media_duration)
 ])
 
 CLIP = [

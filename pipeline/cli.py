@@ -88,9 +88,12 @@ def _inspect(run_dir: str, stage: str, rows: int, status: str | None) -> int:
     from pipeline.store import RunStore
 
     store = RunStore(run_dir)
+    if not store.exists(store.path("run.json")):
+        raise ConfigError(f"{run_dir} is not a run folder (no run.json)")
     table = store.read_stage(stage)
     if table is None:
-        raise ConfigError(f"no finished parts of stage {stage!r} in {run_dir}")
+        raise ConfigError(f"no finished parts of stage {stage!r} in {run_dir} "
+                          f"(stages: source, {', '.join(_stages(store))})")
     print(table.schema)
     print()
     if "status" in table.schema.names:   # every stage manifest; the source parts have none
@@ -99,9 +102,19 @@ def _inspect(run_dir: str, stage: str, rows: int, status: str | None) -> int:
             print(f"{c['status']:<8} {c['id_count']:>7}  {c['reason'] or ''}")
         print()
     if status:
+        if "status" not in table.schema.names:
+            raise ConfigError(f"{stage} has no status column (the source parts hold the input rows as "
+                              f"given); --status works on the stages: {', '.join(_stages(store))}")
         table = table.filter(pc.equal(table.column("status"), status))
     import pandas as pd
 
     with pd.option_context("display.max_columns", None, "display.width", 160, "display.max_colwidth", 40):
         print(table.slice(0, rows).to_pandas())
     return 0
+
+
+def _stages(store) -> list[str]:
+    try:
+        return list(store.read_json("run.json").get("stages", []))
+    except (FileNotFoundError, ValueError):
+        return []

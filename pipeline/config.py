@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.redact import DEFAULT_PARAMS
 from pipeline.stage import Stage
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
@@ -33,8 +34,13 @@ class RunSettings:
     part_size: int = 100          # source rows per part; a part is the unit of work and of resume
     ray_address: str | None = None  # None: a local Ray; "auto" or host:port: an existing cluster
     limit: int | None = None      # only the first N source rows
+    # Query parameters whose values are masked in everything a run writes (names, case-insensitive
+    # globs); userinfo (user:password@) is always dropped. See pipeline/redact.py.
+    redact_params: tuple[str, ...] = DEFAULT_PARAMS
 
     def __post_init__(self) -> None:
+        if not str(self.dir).strip():
+            raise ConfigError("run.dir (--run) must name a folder, e.g. --run runs/mine")
         if self.part_size < 1:
             raise ConfigError("run.part_size must be >= 1")
         if self.limit is not None and self.limit < 1:
@@ -135,7 +141,13 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         section, dot, field = key.strip().partition(".")
         if not sep or not dot or not section or not field:
             raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. clip_split.max_gap=5")
-        out.setdefault(section, {})[field] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "not valid YAML"
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote strings, "
+                              f"write lists as [a, b]") from None
+        out.setdefault(section, {})[field] = value
     return out
 
 

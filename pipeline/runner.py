@@ -7,6 +7,7 @@ and the digest of the upstream manifest it was built from.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 from pipeline import config as config_mod
 from pipeline import source as source_mod
 from pipeline.config import ConfigError, RunConfig
+from pipeline.redact import DEFAULT_PARAMS, redact_text, redact_url
 from pipeline.resources import parallel_limit, ray_options
 from pipeline.stage import Stage
 from pipeline.store import RunStore
@@ -74,9 +76,23 @@ def prepare(cfg: RunConfig, only: str | None, from_stage: str | None) -> list[St
     return stages
 
 
-def write_source(store: RunStore, source_uri: str, cfg: RunConfig) -> tuple[int, str]:
-    rows = source_mod.read_source(source_uri, cfg.run.limit)
-    source_chain = config_mod.digest(source_mod.source_digest(source_uri), cfg.run.part_size, cfg.run.limit)
+def write_source(store: RunStore, source_uri: str, cfg: RunConfig,
+                 secrets: dict[int, dict] | None = None) -> tuple[int, str]:
+    """Write the source parts (redacted); `secrets` receives part -> {row id -> full url/captions}, the
+    values the fetching stages need, kept in the driver's memory only."""
+    found: dict[str, dict[str, str]] = {}
+    rows = source_mod.read_source(source_uri, cfg.run.limit, cfg.run.redact_params, found)
+    if not rows:
+        raise ConfigError(f"source {redact_url(source_uri, cfg.run.redact_params)} has no rows: give one "
+                          f"video per line (JSONL), row "
+                          f"(Parquet) or line under a header (CSV), with a `url`")
+    # what the source parts hold depends on the reader's version and on the redaction (`raw`)
+    source_chain = config_mod.digest(source_mod.source_digest(source_uri), cfg.run.part_size, cfg.run.limit,
+                                     source_mod.VERSION, list(cfg.run.redact_params))
+    if secrets is not None:
+        for index, row in enumerate(rows):
+            if row["id"] in found:
+                secrets.setdefault(index // cfg.run.part_size, {})[row["id"]] = found[row["id"]]
     tables = source_mod.split_parts(rows, cfg.run.part_size)
     for part, table in enumerate(tables):
         marker = store.marker(SOURCE, part)
@@ -114,19 +130,56 @@ def run(cfg: RunConfig, only: str | None = None, from_stage: str | None = None,
     try:
         return _run_locked(cfg, stages, source_uri, store, run_id, only, from_stage, progress)
     finally:
-        store.remove(store.path(LOCK))
+        release_lock(store, run_id)
 
 
 def take_lock(store: RunStore, run_id: str) -> None:
     """One driver per run folder. The lock also fences a killed driver's workers that still run:
-    a worker commits a part only while the lock names its run (see `pipeline.worker`)."""
-    path = store.path(LOCK)
-    if store.exists(path):
-        holder = store.read_json(LOCK)
-        if holder.get("host") == socket.gethostname() and _alive(holder.get("pid")):
+    a worker commits a part only while the lock names its run (see `pipeline.worker`).
+
+    Checking the holder and writing our name is one atomic step: it runs under an exclusive `flock`
+    of `RUN/.lock.guard` (released by the kernel if the process dies), so of two drivers started at
+    the same instant exactly one gets the folder. A lock whose holder is gone (a killed driver) is
+    taken over. Object stores have no flock: there the check-then-write is best effort."""
+    with _guard(store):
+        try:
+            holder = store.read_json(LOCK)
+        except FileNotFoundError:
+            holder = None
+        except ValueError:          # a torn lock file: its writer died mid-write
+            holder = None
+        if isinstance(holder, dict) and holder.get("host") == socket.gethostname() \
+                and holder.get("pid") != os.getpid() and _alive(holder.get("pid")):
             raise ConfigError(f"run folder {store.uri} is in use by run {holder.get('run_id')} "
                               f"(pid {holder.get('pid')}); wait for it or stop it")
-    store.write_json(LOCK, {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid()})
+        store.write_json(LOCK, {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid()})
+
+
+def release_lock(store: RunStore, run_id: str) -> None:
+    """Remove the lock if it still names this run (never another driver's)."""
+    with _guard(store):
+        try:
+            holder = store.read_json(LOCK)
+        except (FileNotFoundError, ValueError):
+            return
+        if isinstance(holder, dict) and holder.get("run_id") == run_id:
+            store.remove(store.path(LOCK))
+
+
+@contextlib.contextmanager
+def _guard(store: RunStore):
+    if not store.is_local:
+        yield
+        return
+    import fcntl
+
+    store.fs.makedirs(store.root, exist_ok=True)
+    with open(store.path(LOCK + ".guard"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _alive(pid: int | None) -> bool:
@@ -143,15 +196,17 @@ def _alive(pid: int | None) -> bool:
 
 def _run_locked(cfg: RunConfig, stages: list[Stage], source_uri: str, store: RunStore, run_id: str,
                 only: str | None, from_stage: str | None, progress: bool) -> RunResult:
-    _setup_logging(store, run_id)
+    _setup_logging(store, run_id, cfg.run.redact_params)
     removed = store.clean_temporaries()   # after the lock: what is left is a killed run's
     if removed:
         log.info("removed %d temporary files of an interrupted run", removed)
-    store.write_bytes(store.path("config.yaml"), _yaml(cfg.to_dict()).encode())
+    config_text = redact_text(_yaml(cfg.to_dict()), cfg.run.redact_params)   # run.source may be a signed URL
+    store.write_bytes(store.path("config.yaml"), config_text.encode())
 
-    parts, source_chain = write_source(store, source_uri, cfg)
+    secrets: dict[int, dict] = {}
+    parts, source_chain = write_source(store, source_uri, cfg, secrets)
     store.write_json("run.json", {"profile": cfg.profile, "stages": list(cfg.stages), "parts": parts,
-                                  "source": source_uri, "run_id": run_id})
+                                  "source": redact_url(source_uri, cfg.run.redact_params), "run_id": run_id})
     log.info("run %s: profile %s, %d parts, source %s", run_id, cfg.profile, parts, source_uri)
 
     chains = []
@@ -170,7 +225,8 @@ def _run_locked(cfg: RunConfig, stages: list[Stage], source_uri: str, store: Run
 
     started_ray = _init_ray(cfg.run.ray_address)
     try:
-        result = _schedule(store, stages, chains, parts, forced, start, last, run_id, progress)
+        result = _schedule(store, stages, chains, parts, forced, start, last, run_id, progress,
+                           secrets, cfg.run.redact_params)
     finally:
         if started_ray:
             import ray
@@ -182,7 +238,8 @@ def _run_locked(cfg: RunConfig, stages: list[Stage], source_uri: str, store: Run
 
 
 def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: int, forced: set[int],
-              start: int, last: int, run_id: str, progress: bool) -> RunResult:
+              start: int, last: int, run_id: str, progress: bool, secrets: dict[int, dict] | None = None,
+              redact_params: tuple[str, ...] = DEFAULT_PARAMS) -> RunResult:
     import ray
     from tqdm import tqdm
 
@@ -236,12 +293,15 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
         stage = stages[index]
         upstream = SOURCE if index == 0 else stages[index - 1].name
         args = (store.uri, part, upstream, chains[index], output_sha(index - 1, part), run_id)
+        # a task argument, never a file: only the stages that fetch see the full URLs
+        redaction = {"redact_params": tuple(redact_params),
+                     "secrets": (secrets or {}).get(part, {}) if stage.needs_secrets else {}}
         if pools[index] is not None:
             actor = pools[index].take()
-            ref = actor.run.remote(*args)
+            ref = actor.run.remote(*args, **redaction)
         else:
             actor = None
-            ref = remote_task.options(**ray_options(stage.resources())).remote(stage, *args)
+            ref = remote_task.options(**ray_options(stage.resources())).remote(stage, *args, **redaction)
         in_flight[ref] = (part, index, actor)
         per_stage_flight[index] += 1
 
@@ -278,7 +338,7 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
                 try:
                     marker = ray.get(ref)
                 except Exception as exc:  # the part failed as a whole (I/O, worker death): report it
-                    message = " ".join(str(exc).split())[-400:]
+                    message = redact_text(" ".join(str(exc).split()), redact_params)[-400:]
                     result.failed.append((name, part, message))
                     log.error("stage %s part %d failed: %s", name, part, message)
                     position.pop(part, None)
@@ -330,12 +390,25 @@ class ActorPool:
         self.idle = keep
 
 
-def _setup_logging(store: RunStore, run_id: str) -> None:
+class RedactingFilter(logging.Filter):
+    """Log records with credentials in URLs redacted (pipeline/redact.py), whatever logged them."""
+
+    def __init__(self, params: tuple[str, ...] = DEFAULT_PARAMS) -> None:
+        super().__init__()
+        self.params = tuple(params)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact_text(record.getMessage(), self.params), None
+        return True
+
+
+def _setup_logging(store: RunStore, run_id: str, redact_params: tuple[str, ...] = DEFAULT_PARAMS) -> None:
     if not store.is_local:
         return
     logs = store.local_dir("logs")
     handler = logging.FileHandler(logs / f"run-{run_id}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(RedactingFilter(redact_params))
     for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
         log.removeHandler(old)
     log.addHandler(handler)

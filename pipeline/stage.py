@@ -3,16 +3,25 @@
 A stage reads the `ok` rows of the stage before it (one part at a time) and returns its own rows. Every
 row it returns keeps an `id` and carries `status` (ok | dropped | error) and `reason`. A bad sample
 never raises out of a stage: `process` turns any exception of one row into an `error` row.
+
+The engine calls `process_table` (the part as an Arrow table in, the stage's manifest out). By default
+it hands the rows to `process` as dicts; stages whose work is columnar (caption_words, clip_split)
+override it and never build a Python object per word. Rows whose values do not fit the stage's schema
+(an int beyond int64, an object where a string belongs, invalid UTF-8) become `error` rows of their own
+(`unwritable_row`), found by bisection, so they never cost the other rows of their part.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import pyarrow as pa
+
+from pipeline.redact import DEFAULT_PARAMS, redact_text, redact_url, secret_literals
 
 OK, DROPPED, ERROR = "ok", "dropped", "error"
 STATUSES = (OK, DROPPED, ERROR)
@@ -33,10 +42,32 @@ class Resources:
 
 @dataclass(frozen=True)
 class PartContext:
-    """Where a part's work lands: the run layout and the part number."""
+    """Where a part's work lands: the run layout and the part number. For stages that fetch
+    (`needs_secrets`), also the full `url`/`captions` values of the part's rows whose manifest values
+    are redacted (row id -> {column: full value}); they live in memory only (pipeline/redact.py)."""
 
     run_dir: str
     part: int
+    secrets: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict, repr=False,
+                                                                 compare=False)
+    redact_params: tuple[str, ...] = dataclasses.field(default=DEFAULT_PARAMS, repr=False)
+
+    def full_value(self, row: dict, column: str) -> Any:
+        """The value to fetch with: the full one the driver kept, else the row's own."""
+        kept = self.secrets.get(row.get("id"), {}).get(column)
+        return kept if kept is not None else row.get(column)
+
+    @functools.cached_property
+    def _literals(self) -> frozenset[str]:
+        return frozenset(s for values in self.secrets.values() for v in values.values()
+                         for s in secret_literals(v, self.redact_params))
+
+    def redact(self, text: Any) -> Any:
+        """`text` as it may be written: URLs redacted, this part's known secrets masked."""
+        return redact_text(text, self.redact_params, self._literals) if isinstance(text, str) else text
+
+    def redact_url(self, url: Any) -> Any:
+        return redact_url(url, self.redact_params) if isinstance(url, str) else url
 
     @property
     def media_dir(self) -> str:
@@ -89,6 +120,9 @@ class Stage:
     schema: ClassVar[pa.Schema]
     # Bump when the stage's logic changes its output, so done-markers of older runs go stale.
     version: ClassVar[int] = 1
+    # Stages that fetch a row's url/captions get the full values (PartContext.secrets); the manifests
+    # hold redacted ones.
+    needs_secrets: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -128,10 +162,92 @@ class Stage:
     def process_row(self, row: dict, ctx: PartContext) -> dict | list[dict]:
         raise NotImplementedError
 
+    def process_table(self, table: pa.Table, ctx: PartContext) -> pa.Table:
+        """The part's `ok` input rows in, this stage's manifest out (schema columns, plus an optional
+        `_traceback` column the engine moves to the error log)."""
+        return rows_to_table(self.process(table.to_pylist(), ctx), self.schema)
+
     def score_columns(self) -> list[str]:
         """Numeric columns whose quantiles the summary shows (model scores)."""
         return []
 
 
+class ColumnarStage(Stage):
+    """A stage that works on whole columns: it implements `process_table`. `process` (rows as dicts,
+    for callers that hold rows rather than a manifest) goes through it."""
+
+    def process(self, rows: list[dict], ctx: PartContext) -> list[dict]:
+        try:
+            return self.process_table(pa.Table.from_pylist(rows), ctx).to_pylist()
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            out: list[dict] = []
+            for row in rows:  # the rows do not share one Arrow type: one at a time
+                try:
+                    table = pa.Table.from_pylist([row])
+                except Exception as exc:
+                    out.append(error_from_exception(row, exc))
+                    continue
+                out.extend(self.process_table(table, ctx).to_pylist())
+            return out
+
+
 def config_fields(config_cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(config_cls)}
+
+
+TRACEBACK = "_traceback"   # optional output column: the traceback of an error row, for logs/errors/
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) as a table of `schema` (plus `_traceback` when a row has one). A row whose values do
+    not convert becomes an `unwritable_row` error row; the others convert unchanged (bisection, so a
+    clean part costs one conversion)."""
+    if any(TRACEBACK in r for r in rows):
+        schema = schema.append(pa.field(TRACEBACK, pa.string()))
+    return _convert(rows, schema)
+
+
+def _convert(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    try:
+        return pa.Table.from_pylist(rows, schema=schema)
+    except Exception:
+        if len(rows) == 1:
+            return pa.Table.from_pylist([unwritable(rows[0], schema)], schema=schema)
+        mid = len(rows) // 2
+        return pa.concat_tables([_convert(rows[:mid], schema), _convert(rows[mid:], schema)])
+
+
+def unwritable(row: dict, schema: pa.Schema) -> dict:
+    """An error row for a row some of whose values do not fit `schema`: the values that fit are kept,
+    the others are named in the reason."""
+    kept: dict[str, Any] = {}
+    bad: list[str] = []
+    problem = ""
+    for field in schema:
+        value = row.get(field.name) if isinstance(row, dict) else None
+        try:
+            pa.array([value], type=field.type)
+            kept[field.name] = value
+        except Exception as exc:
+            bad.append(field.name)
+            problem = problem or " ".join(str(exc).split())[:120]
+    rid = kept.get("id")
+    if not isinstance(rid, str) or not rid:
+        raw = row.get("id") if isinstance(row, dict) else None
+        kept["id"] = repr(raw)[:64] if raw is not None else None
+    kept["status"] = ERROR
+    kept["reason"] = f"unwritable_row: {', '.join(bad)}: {problem}"
+    kept.pop(TRACEBACK, None)
+    return kept
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The schema's columns in its order and types (a missing column is all null)."""
+    columns = []
+    for field in schema:
+        if field.name in table.schema.names:
+            column = table.column(field.name)
+            columns.append(column if column.type.equals(field.type) else column.cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)

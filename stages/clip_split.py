@@ -8,29 +8,39 @@ Adds:    one row per candidate clip: `id` = `clip_id` = `<video>_<start ms>_<end
          before the clip, space-joined; filled on kept clips only, None on dropped ones), `word_count`,
          `span` (seconds: last - first word END time in pretrain mode, START time in sft mode) and
          `wps` (words / span; None when span <= 0), plus title, category, media_path.
-Drops:   `too_short` (span < min_span), `too_slow` (wps < min_wps), `too_fast` (wps > max_wps);
-         sft mode also `no_sentence_start` (words between a clip boundary and the next word that may
-         start a clip: they are in no clip); `no_clips`: a video without any candidate (no words), as
-         one row with `id` = the video id.
+Drops:   `too_short` (span < min_span), `too_slow` (wps < min_wps), `too_fast` (wps > max_wps; both
+         rate tests only with `rate_filter`, by default on in pretrain mode and off in sft mode, as in
+         the spec and the reference scripts); sft mode also `no_sentence_start` (words between a clip
+         boundary and the next word that may start a clip: they are in no clip); `no_clips`: a video
+         without any candidate (no words), as one row with `id` = the video id.
 Errors:  a row whose words cannot be read (bad structure, non-finite times) becomes an `error` row.
-Resources: CPU only, one core; no model. The whole part is split at once (`stages/lib/clips.py`).
+Resources: CPU only, one core; no model. The whole part is split at once (`stages/lib/clips.py`), on
+         Arrow tables: a clip's word list is a slice of the input's, never a Python object per word.
 
-Modes: `pretrain` (A1: gaps and span on word end times) and `sft` (B3: on start times; a clip starts
-only at a sentence start). `drop_last_word` reproduces the reference script's quirk (the video's last
-word is never in a clip); `sft_allcaps_start` the SFT reference's all-caps start test.
+Modes: `pretrain` (A1: gaps and span on word end times; reference: showlab/livecc
+`data/production/pretrain_to_clips.py`) and `sft` (B3: on start times; a clip starts only at a
+sentence start; reference: the public `data/production/sft_to_clips.py`). By default the rules are
+the spec's, compared exactly (integer microseconds). `drop_last_word` adds the scripts' quirk that the
+video's last word is never in a clip; `sft_allcaps_start` the SFT script's start test (`word.isupper()`,
+an all-caps word, instead of the paper's capital first letter). `reference_exact` (both modes)
+reproduces the scripts clip for clip: both quirks (it implies the two options), their float
+comparisons (ends 30.2 and 33.2 are a gap break there) and, in sft mode, `previous` joined from
+stripped words (the script's `preasr`); the clips the scripts leave out stay candidates with a drop
+reason. Details: `stages/lib/clips.py`.
 """
 from __future__ import annotations
 
-import math
 import traceback
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from manifests.ids import clip_id
 from manifests.schemas import CLIP_SPLIT, WORDS
-from pipeline.stage import PartContext, Resources, Stage, dropped, error_from_exception, ok
+from pipeline.stage import (DROPPED, ERROR, OK, TRACEBACK, ColumnarStage, PartContext, Resources, conform,
+                            error_from_exception)
 from stages.lib.clips import KEPT, MODES, NO_CLIPS, REASONS, ClipRules, previous_texts, split_clips
 from stages.lib.words import WordArrays
 
@@ -45,6 +55,8 @@ class Config:
     max_wps: float = 4.0
     drop_last_word: bool = False  # reference-script quirk: the last word of a video is in no clip
     sft_allcaps_start: bool = False  # reference-script quirk: SFT clips start at ALL-CAPS words
+    rate_filter: bool | None = None  # min_wps/max_wps test; None: on in pretrain, off in sft mode
+    reference_exact: bool = False  # the reference scripts clip for clip (implies the two quirks)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -54,10 +66,11 @@ class Config:
     def rules(self) -> ClipRules:
         return ClipRules(mode=self.mode, max_gap=self.max_gap, min_span=self.min_span,
                          max_span=self.max_span, min_wps=self.min_wps, max_wps=self.max_wps,
-                         drop_last_word=self.drop_last_word, sft_allcaps_start=self.sft_allcaps_start)
+                         drop_last_word=self.drop_last_word, sft_allcaps_start=self.sft_allcaps_start,
+                         rate_filter=self.rate_filter, reference_exact=self.reference_exact)
 
 
-class ClipSplit(Stage):
+class ClipSplit(ColumnarStage):
     name = "clip_split"
     Config = Config
     schema = CLIP_SPLIT
@@ -65,110 +78,163 @@ class ClipSplit(Stage):
     def resources(self) -> Resources:
         return Resources(cpus=1.0)
 
-    def process(self, rows: list[dict], ctx: PartContext) -> list[dict]:
-        per_row: list[list[dict]] = [[] for _ in rows]
-        good, words = self._read_words(rows, per_row)
-        if good:
-            try:
-                self._clip_rows(rows, good, words, per_row)
-            except Exception:
-                for k in good:  # isolate the row that breaks the vectorised path
-                    try:
-                        single = WordArrays.from_list_array(pa.array([rows[k].get("words") or []], type=WORDS))
-                        self._clip_rows(rows, [k], single, per_row)
-                    except Exception as exc:
-                        per_row[k] = [_error_row(rows[k], exc, with_traceback=True)]
-        return [r for rs in per_row for r in rs]
-
-    @staticmethod
-    def _read_words(rows: list[dict], per_row: list[list[dict]]) -> tuple[list[int], WordArrays | None]:
-        """Indices of the rows with readable words, and those words as flat arrays; the other rows
-        get an error row in `per_row`."""
-        values = [r.get("words") or [] for r in rows]
+    def process_table(self, table: pa.Table, ctx: PartContext) -> pa.Table:
+        """Columnar: word lists stay Arrow arrays from the input manifest to the output one."""
+        words = _word_lists(table)
+        bad = _unreadable(words)
+        good = np.flatnonzero(~bad)
+        pieces = [self._error_rows(table, np.flatnonzero(bad),
+                                   "ValueError: words with a missing or non-finite start, end or word")]
         try:
-            arr = pa.array(values, type=WORDS)
-            good = list(range(len(rows)))
+            lists = words if len(good) == len(words) else words.take(pa.array(good, type=pa.int64()))
+            pieces.append(self._clip_rows(table, good, lists))
         except Exception:
-            parts, good = [], []
-            for k, v in enumerate(values):
+            # a pathological row broke the vectorised path: isolate it, one video at a time
+            for k in good.tolist():
                 try:
-                    parts.append(pa.array([v], type=WORDS))
-                    good.append(k)
+                    pieces.append(self._clip_rows(table, np.array([k]), words.slice(k, 1)))
                 except Exception as exc:
-                    per_row[k] = [_error_row(rows[k], exc, with_traceback=True)]
-            if not good:
-                return good, None
-            arr = pa.concat_arrays(parts)
-        flat = arr.flatten()
-        bad_word = np.asarray(flat.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        for name in ("start", "end", "word"):
-            field = flat.field(name)
-            if field.null_count:
-                bad_word |= field.is_null().to_numpy(zero_copy_only=False)
-        for name in ("start", "end"):
-            values_np = flat.field(name).fill_null(0.0).to_numpy(zero_copy_only=False)
-            bad_word |= ~np.isfinite(values_np)
-        if bad_word.any():
-            lengths = np.asarray(arr.value_lengths().to_numpy(zero_copy_only=False), dtype=np.int64)
-            video_of = np.repeat(np.arange(len(good)), lengths)
-            bad_video = np.zeros(len(good), dtype=bool)
-            bad_video[video_of[bad_word]] = True
-            for q in np.flatnonzero(bad_video).tolist():
-                per_row[good[q]] = [_error_row(rows[good[q]], ValueError(
-                    "words with a missing or non-finite start, end or word"))]
-            keep = np.flatnonzero(~bad_video)
-            arr = arr.take(pa.array(keep))
-            good = [good[q] for q in keep.tolist()]
-        if not good:
-            return good, None
-        return good, WordArrays.from_list_array(arr)
+                    row = error_from_exception({"id": table.column("id")[k].as_py()}, exc)
+                    pieces.append(self._error_rows(table, np.array([k]), row["reason"],
+                                                   traceback.format_exc()))
+        pieces = [p for p in pieces if p.num_rows]
+        out = pa.concat_tables(pieces, promote_options="default") if pieces else _empty(self.schema)
+        return _in_input_order(out)
 
-    def _clip_rows(self, rows: list[dict], which: list[int], words: WordArrays,
-                   per_row: list[list[dict]]) -> None:
+    def _clip_rows(self, table: pa.Table, rows: np.ndarray, lists: pa.Array) -> pa.Table:
+        """The candidate clips (and `no_clips` rows) of input rows `rows`, whose word lists are `lists`."""
+        words = WordArrays.from_list_array(lists)
         clips = split_clips(words, self.config.rules())
-        previous = previous_texts(words, clips, clips.code == KEPT)
-        offsets = clips.per_video(words.n_videos)
-        starts, ends = clips.start.tolist(), clips.end.tolist()
-        spans, wps = clips.span.tolist(), clips.wps.tolist()
-        firsts = (clips.first - words.offsets[clips.video]).tolist()
-        stops = (clips.stop - words.offsets[clips.video]).tolist()
-        codes = clips.code.tolist()
-        results = {}
-        for v, k in enumerate(which):
-            row = rows[k]
-            vid = row["id"]
-            base = {"video_id": vid, "title": row.get("title"), "category": row.get("category"),
-                    "media_path": row.get("media_path")}
-            a, b = int(offsets[v]), int(offsets[v + 1])
-            if a == b:
-                results[k] = [dropped({"id": vid, **base}, NO_CLIPS, clip_id=None, words=None,
-                                      previous=None, word_count=0, start=None, end=None, span=None,
-                                      wps=None)]
-                continue
-            video_words = row.get("words") or []
-            out, seen = [], {}
-            for q in range(a, b):
-                cid = clip_id(vid, starts[q], ends[q])
-                if cid in seen:
-                    seen[cid] += 1
-                    cid = f"{cid}_{seen[cid]}"
-                else:
-                    seen[cid] = 1
-                fields = dict(base, id=cid, clip_id=cid, start=starts[q], end=ends[q],
-                              words=video_words[firsts[q]:stops[q]], previous=previous[q],
-                              word_count=stops[q] - firsts[q], span=spans[q],
-                              wps=None if math.isnan(wps[q]) else wps[q])
-                if codes[q] == KEPT:
-                    out.append(ok(fields))
-                else:
-                    out.append(dropped(fields, REASONS[codes[q]]))
-            results[k] = out
-        for k, r in results.items():
-            per_row[k] = r
+        kept = clips.code == KEPT
+        previous = previous_texts(words, clips, kept)
+        video_ids = table.column("id").take(pa.array(rows, type=pa.int64())).to_pylist()
+        per_video = clips.per_video(words.n_videos)
+        ordinal = np.arange(len(clips), dtype=np.int64) - per_video[clips.video]
+        ids = _clip_ids([video_ids[v] for v in clips.video.tolist()], clips.start.tolist(),
+                        clips.end.tolist(), ordinal.tolist())
+        row_of_clip = rows[clips.video]
+        n = len(clips)
+        count = clips.stop - clips.first
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(count, out=offsets[1:])
+        clip_words = _word_ranges(lists, clips.first, clips.stop)
+        reasons = [REASONS.get(c) for c in clips.code.tolist()]
+        wps = pa.array(clips.wps, mask=np.isnan(clips.wps))
+        clip_table = _with_row_fields(table, row_of_clip, {
+            "id": pa.array(ids, pa.string()), "status": pa.array(np.where(kept, OK, DROPPED).tolist()),
+            "reason": pa.array(reasons, pa.string()), "clip_id": pa.array(ids, pa.string()),
+            "video_id": pa.array([video_ids[v] for v in clips.video.tolist()], pa.string()),
+            "start": pa.array(clips.start), "end": pa.array(clips.end), "words": clip_words,
+            "previous": pa.array(previous, pa.string()), "word_count": pa.array(count),
+            "span": pa.array(clips.span), "wps": wps, "_ordinal": pa.array(ordinal)})
+        empty = np.flatnonzero(np.diff(per_video) == 0)
+        no_clips = _with_row_fields(table, rows[empty], {
+            "id": pa.array([video_ids[v] for v in empty.tolist()], pa.string()),
+            "status": pa.array([DROPPED] * len(empty), pa.string()),
+            "reason": pa.array([NO_CLIPS] * len(empty), pa.string()),
+            "video_id": pa.array([video_ids[v] for v in empty.tolist()], pa.string()),
+            "word_count": pa.array(np.zeros(len(empty), dtype=np.int64)),
+            "_ordinal": pa.array(np.zeros(len(empty), dtype=np.int64))})
+        return pa.concat_tables([_conform(clip_table, self.schema), _conform(no_clips, self.schema)])
+
+    def _error_rows(self, table: pa.Table, rows: np.ndarray, reason: str, trace: str | None = None) -> pa.Table:
+        ids = table.column("id").take(pa.array(rows, type=pa.int64()))
+        columns = {"id": ids, "status": pa.array([ERROR] * len(rows), pa.string()),
+                   "reason": pa.array([reason] * len(rows), pa.string()), "video_id": ids,
+                   "_ordinal": pa.array(np.zeros(len(rows), dtype=np.int64))}
+        out = _conform(_with_row_fields(table, rows, columns), self.schema)
+        if trace:
+            out = out.append_column(TRACEBACK, pa.array([trace] * len(rows), pa.string()))
+        return out
 
 
-def _error_row(row: dict, exc: BaseException, with_traceback: bool = False) -> dict:
-    r = error_from_exception({"id": row.get("id"), "video_id": row.get("id")}, exc)
-    if with_traceback:
-        r["_traceback"] = traceback.format_exc()
-    return r
+ROW_FIELDS = ("title", "category", "media_path")
+
+
+def _word_lists(table: pa.Table) -> pa.Array:
+    column = table.column("words") if "words" in table.schema.names else pa.nulls(table.num_rows, WORDS)
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.cast(WORDS) if not column.type.equals(WORDS) else column
+
+
+def _unreadable(lists: pa.Array) -> np.ndarray:
+    """bool per row: its words hold a null word, start, end or text, or a non-finite time."""
+    bad = np.zeros(len(lists), dtype=bool)
+    if len(lists) == 0:
+        return bad
+    flat = pc.list_flatten(lists)
+    bad_word = np.zeros(len(flat), dtype=bool)
+    if flat.null_count:
+        bad_word |= flat.is_null().to_numpy(zero_copy_only=False)
+    for name in ("start", "end", "word"):
+        field = pc.struct_field(flat, name)
+        if field.null_count:
+            bad_word |= field.is_null().to_numpy(zero_copy_only=False)
+            field = field.fill_null(0.0) if name != "word" else field
+        if name != "word":
+            bad_word |= ~np.isfinite(field.to_numpy(zero_copy_only=False))
+    if bad_word.any():
+        parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+        bad[parent[bad_word]] = True
+    return bad
+
+
+def _word_ranges(lists: pa.Array, first: np.ndarray, stop: np.ndarray) -> pa.Array:
+    """A list array whose element q holds the words [first[q], stop[q]) of the flattened `lists`.
+    Candidate clips usually tile the words (each word in one candidate): then the values are shared,
+    not copied."""
+    values = pc.list_flatten(lists) if len(lists) else pa.array([], type=WORDS.value_type)
+    count = stop - first
+    offsets = np.zeros(len(first) + 1, dtype=np.int64)
+    np.cumsum(count, out=offsets[1:])
+    if len(first) and np.array_equal(first[1:], stop[:-1]):
+        values = values.slice(int(first[0]), int(offsets[-1]))
+    else:
+        flat = np.repeat(first - offsets[:-1], count) + np.arange(int(offsets[-1]), dtype=np.int64)
+        values = values.take(pa.array(flat, type=pa.int64()))
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values, type=WORDS)
+
+
+def _in_input_order(table: pa.Table) -> pa.Table:
+    """Rows by input row, then candidate order; `_row`/`_ordinal` dropped. Sorts only when needed."""
+    key = pc.add(pc.multiply(table.column("_row"), 1 << 32), table.column("_ordinal")).to_numpy()
+    if len(key) > 1 and not (np.diff(key) >= 0).all():
+        table = table.take(pa.array(np.argsort(key, kind="stable")))
+    return table.drop_columns(["_row", "_ordinal"])
+
+
+def _with_row_fields(table: pa.Table, rows: np.ndarray, columns: dict) -> pa.Table:
+    """`columns` plus the fields every output row copies from its input row (title, ...) and `_row`."""
+    take = pa.array(rows, type=pa.int64())
+    out = dict(columns)
+    for name in ROW_FIELDS:
+        if name in table.schema.names:
+            out[name] = table.column(name).take(take)
+    out["_row"] = take
+    return pa.table(out)
+
+
+ORDER = [pa.field("_row", pa.int64()), pa.field("_ordinal", pa.int64())]
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The schema's columns (missing ones null) plus the ordering columns `_row` and `_ordinal`."""
+    return conform(table, pa.schema([*schema, *ORDER]))
+
+
+def _empty(schema: pa.Schema) -> pa.Table:
+    return _conform(schema.empty_table(), schema)
+
+
+def _clip_ids(videos: list[str], starts: list[float], ends: list[float], ordinals: list[int]) -> list[str]:
+    """`<video>_<start ms>_<end ms>`; `_2`, `_3`... when two candidates of a video share one."""
+    out, seen = [], {}
+    for vid, a, b in zip(videos, starts, ends):
+        cid = clip_id(vid, a, b)
+        if cid in seen:
+            seen[cid] += 1
+            cid = f"{cid}_{seen[cid]}"
+        else:
+            seen[cid] = 1
+        out.append(cid)
+    return out

@@ -5,15 +5,18 @@ Reads:  the `ok` rows of `metadata_filter` (id, url, title, duration, width, hei
         direct media file), or a local path / `file://` URL. `captions`, when set, names a captions file
         (path or URL) the source provides: it is used as `captions_kind = "provided"` and yt-dlp is not
         asked for captions.
-Adds:   media_path, media_bytes, has_audio, captions_path, captions_kind (manual | automatic | provided),
-        captions_format (json3 | vtt | srt), info_path, attempts; fills title, categories, duration, width
-        and height where the row lacked them (duration/size from ffprobe of the downloaded file).
+Adds:   media_path, media_bytes, has_audio, media_duration (seconds of video that really demux, whose
+        first frame decodes; `duration` stays the metadata's or container's claim), captions_path,
+        captions_kind (manual | automatic | provided), captions_format (json3 | vtt | srt), info_path,
+        attempts; fills title, categories, duration, width and height where the row lacked them
+        (duration/size from ffprobe of the downloaded file).
 Drops:  `no_captions` (no caption track in `caption_langs` x `caption_formats` while `require_captions`;
         decided from the info dict, before the media is downloaded), `no_video` (the file has audio only).
 Errors: `<code>: <message>` with code from stages.lib.ytdlp.CODES (private, removed, unavailable,
         not_found, bot_check, age_restricted, geo_blocked, live, http_error, network, unsupported_url,
-        download_failed), `corrupt_media: ...` when ffprobe cannot read the file, `bad_captions: ...` for
-        a provided captions file of an unknown format. `attempts` says how many tries were made.
+        download_failed), `corrupt_media: ...` when ffprobe cannot read the file or no video frame can
+        be read from it (truncated after its header, garbage data), `bad_captions: ...` for a provided
+        captions file of an unknown format. `attempts` says how many tries were made.
 Files:  (manifest paths are relative to the run folder: `media/{id}.mp4`; see PartContext.resolve)
         RUN/media/{id}.{ext} (mp4 from yt-dlp, the original extension for local files),
         RUN/media/{id}.{lang}.{json3|vtt|srt}, RUN/media/{id}.info.json (cleaned yt-dlp info plus a
@@ -25,9 +28,12 @@ Files:  (manifest paths are relative to the run folder: `media/{id}.mp4`; see Pa
 Resources: network and disk bound. A part's rows run in `concurrency` threads; the stage asks Ray for
         half a CPU per part (the CPU work is ffprobe, the odd ffmpeg merge and JSON parsing).
 Retries: transient failures (HTTP 429/5xx/408, timeouts, connection errors) are retried `retries` times
-        with exponential backoff and jitter; permanent ones (404, private, removed, ...) fail at once.
+        with exponential backoff and jitter, or after the server's `Retry-After` (429/503, seconds or an
+        HTTP date, capped by `max_retry_after_s`); permanent ones (404, private, removed, ...) fail at once.
 Secrets: `cookies_file` is handed to yt-dlp as a private temporary copy; its path and contents, cookie
-        and Authorization header values never reach the manifest, the info JSON or the logs.
+        and Authorization header values never reach the manifest, the info JSON or the logs. The row's
+        `url`/`captions` are redacted in the manifests (pipeline/redact.py): fetches use the full values
+        the driver passes in memory (`ctx.full_value`); the info JSON and reasons hold redacted URLs.
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ from typing import Any
 
 from manifests import ids
 from manifests.schemas import DOWNLOAD
+from pipeline.redact import basic_auth
 from pipeline.stage import PartContext, Resources, Stage, dropped, error, ok
 from stages.lib import media
 from stages.lib import ytdlp
@@ -77,6 +84,7 @@ class Config:
     backoff_s: float = 1.0                      # first retry delay; doubles each time, with jitter
     socket_timeout_s: float = 30.0
     cookies_file: str | None = None             # Netscape cookies file for yt-dlp (never logged)
+    max_retry_after_s: float = 60.0             # a 429/503 Retry-After is honoured up to this long
 
     def __post_init__(self) -> None:
         if self.max_height < 1:
@@ -99,6 +107,8 @@ class Config:
             raise ValueError("backoff_s must be >= 0")
         if self.socket_timeout_s <= 0:
             raise ValueError("socket_timeout_s must be > 0")
+        if self.max_retry_after_s < 0:
+            raise ValueError("max_retry_after_s must be >= 0")
 
     def __repr__(self) -> str:  # keep the cookies path out of reprs that end up in logs
         fields = {k: v for k, v in self.__dict__.items() if k != "cookies_file"}
@@ -138,6 +148,7 @@ class Download(Stage):
     Config = Config
     schema = DOWNLOAD
     version = 1
+    needs_secrets = True   # fetches use the full url/captions (ctx.full_value); manifests hold redacted ones
 
     # ------------------------------------------------------------------------------------ contract
     def resources(self) -> Resources:
@@ -196,7 +207,7 @@ class Download(Stage):
         while True:
             attempts += 1
             try:
-                placed = self._fetch(row, url, tmp)
+                placed = self._fetch(row, ctx.full_value(row, "url").strip(), tmp, ctx)
                 break
             except _Dropped as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -204,7 +215,7 @@ class Download(Stage):
                 return make(row, exc.reason, attempts=attempts)
             except DownloadFailure as exc:
                 if exc.transient and attempts <= cfg.retries:
-                    delay = self._backoff(attempts)
+                    delay = self._backoff(attempts, exc.retry_after)
                     log.info("download %s: %s (attempt %d, retry in %.1fs)", vid, exc.code, attempts, delay)
                     time.sleep(delay)
                     continue
@@ -221,29 +232,37 @@ class Download(Stage):
         if not probe.has_video:
             shutil.rmtree(tmp, ignore_errors=True)
             return dropped(row, "no_video: the file has an audio stream only", attempts=attempts)
+        try:  # the container's duration can claim far more than the file holds (a truncated download)
+            media_duration = media.decodable_duration(str(placed.media_path))
+        except media.MediaError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return error(row, f"{exc}", attempts=attempts)
 
         final = self._place(vid, placed, media_dir)
         shutil.rmtree(tmp, ignore_errors=True)
-        return self._ok_row(row, ctx, final, probe, placed.info, attempts)
+        return self._ok_row(row, ctx, final, probe, placed.info, attempts, media_duration)
 
-    def _backoff(self, attempt: int) -> float:
+    def _backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:   # the server said how long (429/503 Retry-After), within reason
+            return min(retry_after, self.config.max_retry_after_s)
         base = self.config.backoff_s * (2 ** (attempt - 1))
         return min(60.0, base * random.uniform(0.5, 1.0))
 
     # ------------------------------------------------------------------------------------ fetching
-    def _fetch(self, row: dict, url: str, tmp: Path) -> _Placed:
-        """One attempt: everything lands in `tmp`. Raises DownloadFailure or _Dropped."""
+    def _fetch(self, row: dict, url: str, tmp: Path, ctx: PartContext) -> _Placed:
+        """One attempt: everything lands in `tmp`. Raises DownloadFailure or _Dropped. `url` and the
+        captions are the full values (credentials included): messages quote them redacted."""
         cfg = self.config
         vid = row["id"]
         tmp.mkdir(parents=True, exist_ok=True)
-        provided = (row.get("captions") or "").strip() or None
+        provided = (ctx.full_value(row, "captions") or "").strip() or None
         local = _local_path(url)
 
         captions: tuple[Path, str, str] | None = None  # (path, lang, format) of provided captions
         if local is not None and not local.is_file():
             raise DownloadFailure("not_found", f"no such file: {url}")
         if provided:
-            captions = self._fetch_provided_captions(row, provided, tmp)
+            captions = self._fetch_provided_captions(row, provided, tmp, ctx)
         elif local is not None:
             captions = _sidecar_captions(local, row, cfg)
 
@@ -259,13 +278,14 @@ class Download(Stage):
         else:
             target = ids.youtube_url(ids.youtube_id(url)) if ids.is_youtube(url) else url
             if urllib.parse.urlparse(target).scheme not in ("http", "https"):
-                raise DownloadFailure("unsupported_url", f"not a URL, YouTube id or existing file: {url[:100]}")
+                raise DownloadFailure("unsupported_url",
+                                      f"not a URL, YouTube id or existing file: {ctx.redact_url(url)[:100]}")
             try:
                 got = ytdlp.download(target, tmp, vid, cfg, captions=provided is None)
             except NoCaptions as exc:
                 raise _Dropped(f"no_captions: {exc}") from None
-            placed = _Placed(got.video_path, got.info, got.captions_path, got.captions_lang,
-                             got.captions_kind, got.captions_format)
+            placed = _Placed(got.video_path, ytdlp.clean_info(got.info, ctx.redact_params), got.captions_path,
+                             got.captions_lang, got.captions_kind, got.captions_format)
             placed.info["source"] = "youtube" if ids.is_youtube(url) else "http"
 
         if captions is not None:
@@ -276,7 +296,8 @@ class Download(Stage):
             raise _Dropped("no_captions: none offered")
         return placed
 
-    def _fetch_provided_captions(self, row: dict, where: str, tmp: Path) -> tuple[Path, str, str]:
+    def _fetch_provided_captions(self, row: dict, where: str, tmp: Path,
+                                 ctx: PartContext) -> tuple[Path, str, str]:
         vid = row["id"]
         name = urllib.parse.unquote(urllib.parse.urlparse(where).path) if "://" in where else where
         fmt, lang = _caption_name_parts(Path(name).name, row)
@@ -291,17 +312,21 @@ class Download(Stage):
             _link_or_copy(local, dest)
             return dest, lang, fmt
         if urllib.parse.urlparse(where).scheme not in ("http", "https"):
-            raise DownloadFailure("unsupported_url", f"captions: not a URL or existing file: {where[:100]}")
+            raise DownloadFailure("unsupported_url",
+                                  f"captions: not a URL or existing file: {ctx.redact_url(where)[:100]}")
         part = dest.with_name(dest.name + ".part")
         try:
-            request = urllib.request.Request(where, headers={"User-Agent": "livecc-dataset-builder"})
+            target, auth = basic_auth(where)   # urllib does not read user:password@ from a URL
+            headers = {"User-Agent": "livecc-dataset-builder", **({"Authorization": auth} if auth else {})}
+            request = urllib.request.Request(target, headers=headers)
             with urllib.request.urlopen(request, timeout=self.config.socket_timeout_s) as response, \
                     open(part, "wb") as f:
                 shutil.copyfileobj(response, f)
         except Exception as exc:
             part.unlink(missing_ok=True)
             failure = ytdlp.failure_from_exception(exc)
-            raise DownloadFailure(failure.code, f"captions: {failure.message}", failure.transient) from None
+            raise DownloadFailure(failure.code, f"captions: {ctx.redact(failure.message)}", failure.transient,
+                                  failure.retry_after) from None
         os.replace(part, dest)
         return dest, lang, fmt
 
@@ -346,10 +371,15 @@ class Download(Stage):
             return None
         if not probe.has_video:
             return None
-        return self._ok_row(row, ctx, {"info": info, "record": record}, probe, info, attempts=0)
+        try:
+            media_duration = media.decodable_duration(str(media_file))
+        except media.MediaError:
+            return None  # fetched again: the fresh file is checked (and reported) like any other
+        return self._ok_row(row, ctx, {"info": info, "record": record}, probe, info, attempts=0,
+                            media_duration=media_duration)
 
     def _ok_row(self, row: dict, ctx: PartContext, final: dict, probe: media.MediaInfo, info: dict,
-                attempts: int) -> dict:
+                attempts: int, media_duration: float) -> dict:
         record = final["record"]
         vid = row["id"]
         media_dir = self._media_dir(ctx)
@@ -362,6 +392,7 @@ class Download(Stage):
             "captions_format": record.get("captions_format") if record.get("captions") else None,
             "info_path": f"{MEDIA}/{vid}.info.json",
             "attempts": attempts,
+            "media_duration": media_duration,
         }
         if row.get("duration") is None:
             fields["duration"] = probe.duration if probe.duration is not None else _num(info.get("duration"))

@@ -1,6 +1,7 @@
 """metadata_filter: the metadata rules of LIVECC_SPEC section 1, before anything is downloaded.
 
-Reads: source rows (`id`, `source_row`, `raw` JSON of the row as given, `parse_error`).
+Reads: source rows (`id`, `source_id` (the row's own id as given), `source_row`, `raw` JSON of the
+row as given, `parse_error`).
 Adds: `url`, `title`, `duration`, `width`, `height`, `language`, `categories`, `category`, `captions`,
 `metadata_from` (source | probe | yt-dlp: where missing fields were filled from).
 Drops (reason = the rule): `duplicate_id`, `no_title`, `duration`, `resolution`, `language`, `category`.
@@ -14,6 +15,7 @@ in `download`, once the captions are known.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,17 +52,38 @@ class MalformedRow(ValueError):
     pass
 
 
+# Larger values are not a video's: a source row claiming them is malformed (and would not fit int64).
+_MAX_NUMBER = {"duration": 1e7, "width": 1e6, "height": 1e6}
+
+
 def _number(record: dict, key: str, kind: type) -> float | int | None:
     value = record.get(key)
     if value in (None, ""):
         return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise MalformedRow(f"{key} {_short(value)} is not a number")
     try:
-        number = kind(float(value))
-    except (TypeError, ValueError):
-        raise MalformedRow(f"{key} {value!r} is not a number") from None
-    if number < 0:
-        raise MalformedRow(f"{key} {value!r} is negative")
-    return number
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise MalformedRow(f"{key} {_short(value)} is not a number") from None
+    if not math.isfinite(number) or not 0 <= number <= _MAX_NUMBER[key]:
+        raise MalformedRow(f"{key} {_short(value)} is not within [0, {_MAX_NUMBER[key]:g}]")
+    return kind(number)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _text(record: dict, key: str) -> str | None:
+    """A text field: a string (numbers are accepted as their text); lists, objects are malformed."""
+    value = record.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise MalformedRow(f"{key} {_short(value)} is not a string")
+    return str(value).strip() or None
 
 
 def _categories(record: dict) -> list[str]:
@@ -75,21 +98,22 @@ def _categories(record: dict) -> list[str]:
             value = [value]
     if not isinstance(value, list):
         raise MalformedRow(f"categories {value!r} is not a list")
+    if any(isinstance(v, (list, dict)) for v in value):
+        raise MalformedRow(f"categories {_short(value)} is not a list of names")
     return [str(v) for v in value if v not in (None, "")]
 
 
 def parse_record(record: dict) -> dict:
     """The video fields of a source record, typed; MalformedRow when a field cannot be read."""
-    title = record.get("title")
     return {
         "url": str(record["url"]).strip(),
-        "title": str(title).strip() if title not in (None, "") else None,
+        "title": _text(record, "title"),
         "duration": _number(record, "duration", float),
         "width": _number(record, "width", int),
         "height": _number(record, "height", int),
-        "language": str(record["language"]).strip() if record.get("language") else None,
+        "language": _text(record, "language"),
         "categories": _categories(record),
-        "captions": str(record["captions"]).strip() if record.get("captions") else None,
+        "captions": _text(record, "captions"),
     }
 
 
@@ -105,6 +129,7 @@ class MetadataFilter(Stage):
     name = "metadata_filter"
     Config = Config
     schema = METADATA_FILTER
+    needs_secrets = True   # probing fetches the url: the manifest's is redacted, ctx has the full one
 
     def resources(self) -> Resources:
         return Resources(cpus=0.5)
@@ -117,7 +142,7 @@ class MetadataFilter(Stage):
             media.require_binaries("ffprobe")
 
     def process_row(self, row: dict, ctx: PartContext) -> dict:
-        base = {"id": row["id"], "source_row": row["source_row"]}
+        base = {"id": row["id"], "source_id": row.get("source_id"), "source_row": row["source_row"]}
         if row.get("parse_error"):
             code = "duplicate_id" if row["parse_error"].startswith("duplicate id") else "malformed_row"
             make = dropped if code == "duplicate_id" else error
@@ -129,7 +154,7 @@ class MetadataFilter(Stage):
         fields["metadata_from"] = "source"
         out = {**base, **fields}
         if self.config.fill_missing and self._missing(out):
-            filled = self._fill(out)
+            filled = self._fill(out, ctx)
             if filled.get("status"):
                 return filled
             out = filled
@@ -141,11 +166,12 @@ class MetadataFilter(Stage):
         return (row["title"] is None and self.config.require_title) or row["duration"] is None \
             or row["height"] is None
 
-    def _fill(self, row: dict) -> dict:
-        """Fill missing fields: ffprobe for local files and direct media URLs, yt-dlp for pages."""
+    def _fill(self, row: dict, ctx: PartContext) -> dict:
+        """Fill missing fields: ffprobe for local files and direct media URLs, yt-dlp for pages.
+        Fetches use the full url (`ctx.full_value`); what is returned holds only redacted text."""
         from stages.lib.ytdlp import DownloadFailure, fetch_info
 
-        url = row["url"]
+        url = ctx.full_value(row, "url")
         probe_target = local_path(url)
         if probe_target is not None and not Path(probe_target).exists():
             return error(row, f"not_found: no file {probe_target}")
@@ -155,7 +181,7 @@ class MetadataFilter(Stage):
                 info = fetch_info(ids.youtube_url(ids.youtube_id(url)) if ids.is_youtube(url) else url,
                                   timeout=self.config.probe_timeout_s)
             except DownloadFailure as exc:
-                return error(row, f"{exc.code}: {exc}")
+                return error(row, ctx.redact(f"{exc.code}: {exc}"))
             row["metadata_from"] = "yt-dlp"
             for key in ("title", "duration", "width", "height", "language"):
                 if row[key] is None and info.get(key) is not None:
@@ -168,14 +194,14 @@ class MetadataFilter(Stage):
         if probe_target and (row["duration"] is None or row["height"] is None):
             try:
                 probed = media.probe(probe_target, timeout=self.config.probe_timeout_s)
-            except media.MediaError as exc:
-                return error(row, str(exc))
+            except media.MediaError as exc:   # ffprobe quotes the URL it could not read
+                return error(row, ctx.redact(str(exc)))
             row["metadata_from"] = "probe" if row["metadata_from"] == "source" else row["metadata_from"]
             row["duration"] = row["duration"] if row["duration"] is not None else probed.duration
             if row["height"] is None:
                 row["width"], row["height"] = probed.width, probed.height
         if row["title"] is None and probe_target and not self.config.require_title:
-            row["title"] = Path(url.split("?")[0]).stem
+            row["title"] = Path(row["url"].split("?")[0]).stem
         return row
 
     def _category(self, categories: list[str]) -> str | None:

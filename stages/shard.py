@@ -7,8 +7,14 @@ Writes: `RUN/shards/part-NNNNN-SSSS.tar` (at most `max_shard_bytes` each, names 
 A sample is `<key>.mp4` (the clip's segment, cut with ffmpeg) and `<key>.json` (words with their times
 in the source video's timeline, `video_start`/`video_end`, title, category, previous, ids). Keys are
 clip ids: no dots, since WebDataset splits a key at its first dot.
-Adds to the manifest: `shard`, `key`, `video_bytes`, `video_duration`.
-Errors: `cut_failed` / `corrupt_media` when ffmpeg cannot cut or the cut does not decode.
+Adds to the manifest: `shard`, `key`, `video_bytes`, `video_duration` (the cut's video stream, from
+its packets: an audio track that runs on does not hide a video that stops).
+Errors: `cut_failed` / `corrupt_media` when ffmpeg cannot cut or the cut does not decode; `cut_short`
+when the cut's video is shorter than `end - start` by more than `max_cut_shortfall_s` (the clip runs
+past the media's end); `bad_key` when the key cannot be a tar member name (USTAR: ASCII, at most 100
+bytes unless it holds a `/`) or holds a dot. Any failure of one clip is an error row of that clip only:
+a sample's headers are all built before a byte of it is written, so a sample is in its tar whole or
+not at all.
 Resources: one CPU per part (ffmpeg re-encodes, single-threaded, so bytes are reproducible).
 
 Tars are written with fixed mtimes and owners, so a re-run writes identical bytes.
@@ -19,6 +25,7 @@ import io
 import json
 import tarfile
 import tempfile
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +42,19 @@ class Config:
     max_shard_bytes: int = 512 * 2**20
     reencode: bool = True      # frame-exact cuts; false: stream copy (fast, starts at a keyframe)
     video_ext: str = "mp4"
+    # A cut whose video is shorter than `end - start` by more than this is an error (cut_short).
+    # Measured: cuts inside the media are never short (re-encoded: 0-30 ms long; stream copy: 50-160 ms
+    # long), so this only has to admit words that the word stages let end up to 0.5 s after the media
+    # (asr.media_tolerance_s), plus a frame of a low-rate video.
+    max_cut_shortfall_s: float = 0.75
 
     def __post_init__(self) -> None:
         if self.max_shard_bytes < 1:
             raise ValueError("max_shard_bytes must be >= 1")
         if self.video_ext != "mp4":
             raise ValueError("video_ext: only mp4 is supported")
+        if not self.max_cut_shortfall_s >= 0:
+            raise ValueError("max_cut_shortfall_s must be >= 0 (seconds a cut may fall short of its clip)")
 
 
 INDEX_SCHEMA = pa.schema([
@@ -60,11 +74,38 @@ def sample_json(row: dict) -> bytes:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+TAR_ENCODING = "ascii"  # member names other tools and WebDataset readers all read the same way
+
+
+class BadKey(ValueError):
+    code = "bad_key"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{self.code}: {message}")
+
+
 def _member(name: str, data: bytes) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
     info.uname = info.gname = ""
     return info
+
+
+def sample_members(key: str, files: list[tuple[str, bytes]]) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """The tar members of one sample, every header built (and so checked) before any is written:
+    BadKey when a name cannot be written."""
+    shown = repr(key[:60]) + (f"... ({len(key)} chars)" if len(key) > 60 else "")
+    if not key or "." in key:  # WebDataset splits a member name into key and extension at the first dot
+        raise BadKey(f"{shown}: a key must be non-empty and hold no dot")
+    members = []
+    for name, data in files:
+        info = _member(f"{key}.{name}", data)
+        try:
+            info.tobuf(tarfile.USTAR_FORMAT, TAR_ENCODING, "strict")
+        except ValueError as exc:  # name too long for USTAR; UnicodeEncodeError: not ASCII
+            raise BadKey(f"{shown}.{name} is no USTAR member name: {exc}") from None
+        members.append((info, data))
+    return members
 
 
 class ShardWriter:
@@ -78,17 +119,19 @@ class ShardWriter:
     def shard_name(self) -> str:
         return f"{part_name(self.part)}-{self.shard_no:04d}"
 
-    def add(self, key: str, files: list[tuple[str, bytes]], meta: dict) -> str:
-        size = sum(len(data) + 1024 for _, data in files)
+    def add(self, key: str, members: list[tuple[tarfile.TarInfo, bytes]], meta: dict) -> str:
+        """Append a sample whose members `sample_members` built (so no header can fail half-way)."""
+        size = sum(len(data) + 1024 for _, data in members)
         if self.tar is not None and self.buffer.tell() + size > self.max_bytes and self.index:
             self._flush()
             self.shard_no += 1
         if self.tar is None:
             self.buffer = io.BytesIO()
-            self.tar = tarfile.open(fileobj=self.buffer, mode="w", format=tarfile.USTAR_FORMAT)
+            self.tar = tarfile.open(fileobj=self.buffer, mode="w", format=tarfile.USTAR_FORMAT,
+                                    encoding=TAR_ENCODING, errors="strict")
         offset = self.buffer.tell()
-        for name, data in files:
-            self.tar.addfile(_member(f"{key}.{name}", data), io.BytesIO(data))
+        for info, data in members:
+            self.tar.addfile(info, io.BytesIO(data))
         self.index.append({**meta, "key": key, "offset": offset})
         return self.shard_name + ".tar"
 
@@ -125,26 +168,42 @@ class Shard(Stage):
         writer = ShardWriter(store, ctx.part, self.config.max_shard_bytes)
         out = []
         with tempfile.TemporaryDirectory(prefix="shard-") as tmp:
-            for row in sorted(rows, key=lambda r: r["clip_id"]):
-                base = {k: row[k] for k in ("id", "clip_id", "video_id", "start", "end")}
-                try:
+            for row in sorted(rows, key=lambda r: str(r.get("clip_id") or "")):
+                base = {k: row.get(k) for k in ("id", "clip_id", "video_id", "start", "end")}
+                duration = None
+                try:  # everything that can fail for this clip alone, before its first byte is written
                     video = self._cut(row, ctx, Path(tmp) / "clip.mp4")
-                    duration = media.probe(str(video)).duration
+                    duration = media.demuxed_duration(str(video))
+                    self._check_length(row, duration)
                     data = video.read_bytes()
-                except media.MediaError as exc:
-                    out.append(error(base, str(exc)))
+                    key = row["clip_id"]
+                    text = sample_json(row)
+                    members = sample_members(key, [("json", text), ("mp4", data)])
+                except (media.MediaError, BadKey) as exc:
+                    out.append(error(base, str(exc), video_duration=duration))
                     continue
                 except Exception as exc:
-                    out.append(error_from_exception(base, exc))
+                    result = error_from_exception(base, exc)
+                    result["_traceback"] = traceback.format_exc()
+                    out.append(result)
                     continue
-                key = row["clip_id"]
-                text = sample_json(row)
-                shard = writer.add(key, [("json", text), ("mp4", data)], {
+                # a failure to write the tar itself is the part's (its other samples would be lost): raised
+                shard = writer.add(key, members, {
                     "clip_id": key, "video_id": row["video_id"], "start": row["start"], "end": row["end"],
                     "video_duration": duration, "video_bytes": len(data), "json_bytes": len(text)})
                 out.append(ok(base, shard=shard, key=key, video_bytes=len(data), video_duration=duration))
         writer.close()
         return out
+
+    def _check_length(self, row: dict, duration: float | None) -> None:
+        want = row["end"] - row["start"]
+        if duration is None:
+            raise media.MediaError("cut_short", f"the cut of {row['start']:.2f}-{row['end']:.2f} s holds no "
+                                                f"video (the clip starts after the media ends)")
+        if want - duration > self.config.max_cut_shortfall_s:
+            raise media.MediaError("cut_short", f"the cut's video lasts {duration:.2f} s of the clip's "
+                                                f"{want:.2f} s ({row['start']:.2f}-{row['end']:.2f} s): the "
+                                                f"media ends early")
 
     def _cut(self, row: dict, ctx: PartContext, dest: Path) -> Path:
         if not row.get("media_path"):

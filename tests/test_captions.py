@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +13,8 @@ from bench import loop_rules
 from manifests.schemas import CAPTION_WORDS
 from pipeline.stage import PartContext
 from stages.caption_words import CaptionWords, Config
-from stages.lib.captions import CaptionError, Cue, caption_format, parse_captions
+from stages.lib.captions import CaptionError, CaptionReport, Cue, CueReport, caption_format, clean_text, \
+    decode_captions, load_captions, parse_captions, validate_cues
 from stages.lib.words import CueArrays, WordArrays, cues_to_words, distinct_word_counts, round1, \
     words_from_cue_lists
 
@@ -424,3 +426,249 @@ def test_caption_words_config_from_yaml_values():
     assert cfg == Config(use_inline_times=False, min_distinct_words=12)
     with pytest.raises(ConfigError):
         build_dataclass(Config, {"min_distinct_words": -1}, "caption_words")
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding, cleaning, cue validation, load_captions
+# --------------------------------------------------------------------------------------------------
+
+
+def test_decode_utf8_bom_utf16_and_cp1252():
+    text = "Zürich – naïve “café” 日本"
+    assert decode_captions(text.encode("utf-8")) == (text, 0)
+    assert decode_captions(b"\xef\xbb\xbf" + text.encode("utf-8")) == (text, 0)
+    for enc in ("utf-16", "utf-16-le", "utf-16-be", "utf-32"):
+        data = text.encode(enc)
+        if enc in ("utf-16-le", "utf-16-be"):
+            data = "\ufeff".encode(enc) + data  # with its BOM
+        assert decode_captions(data) == (text, 0), enc
+    # a cp1252 file: not UTF-8, Western letters and typographic quotes between ASCII letters
+    assert decode_captions(b"Caf\xe9 cr\xe8me br\xfbl\xe9e \x96 d\x92accord \x93oui\x94") == \
+        ("Café crème brûlée – d’accord “oui”", 0)
+    # pure ASCII plus one stray cp1252 apostrophe (a pasted line) is cp1252 too
+    assert decode_captions(b"don\x92t stop") == ("don’t stop", 0)
+    # a byte cp1252 leaves undefined is dropped and counted
+    assert decode_captions(b"caf\xe9 \x81ok") == ("café ok", 1)
+
+
+def test_decode_drops_and_counts_bad_bytes():
+    # UTF-8 with a few broken bytes: the valid characters stay, each bad byte goes, none is U+FFFD
+    data = "naïve café ".encode("utf-8") + b"caf\xc3 \xff\xfeok " + "Zürich".encode("utf-8")
+    assert decode_captions(data) == ("naïve café caf ok Zürich", 3)
+    # a legacy non-Latin file (cp1251 Russian): whole words of high bytes; not turned into Latin
+    # mojibake but dropped and counted
+    russian = "привет мир".encode("cp1251")
+    text, bad = decode_captions(b"00:01.000 --> 00:02.000\n" + russian + b"\n")
+    assert bad == 9 and text == "00:01.000 --> 00:02.000\n \n"
+    # UTF-16 with a BOM and a truncated last character
+    assert decode_captions("hé".encode("utf-16") + b"\x00") == ("hé", 1)
+    # UTF-16 without a BOM, mostly-ASCII text
+    assert decode_captions("WEBVTT\n\n00:01.000 --> 00:02.000\nhé\n".encode("utf-16-le"))[0].startswith("WEBVTT\n")
+
+
+def test_clean_text_markup_entities_invisible():
+    cases = {
+        "&lt;i&gt;hello&lt;/i&gt; world": "hello world",
+        "a &lt;script&gt;alert(1)&lt;/script&gt; b": "a b",
+        "a <script>alert(1)</script> b": "a b",
+        "a <SCRIPT type='x'>var x = '<b>';</SCRIPT> b <style>.c { color: red }</style>c": "a b c",
+        "x &lt;script&gt;never closed": "x",
+        "tail of a block</script> after": "after",
+        "&amp;lt;b&amp;gt;bold&amp;lt;/b&amp;gt;": "bold",
+        "&amp;amp;lt;i&amp;amp;gt;deep": "deep",
+        "&amp;amp;amp;amp;amp;lt;i&amp;amp;amp;amp;amp;gt;deeper": "deeper",
+        "&#38;#38;#38;#38;#38;#38;lt;i&#38;#38;#38;#38;#38;#38;gt;deepest": "deepest",
+        "AT&amp;T &amp;amp; R&D; 5 &lt; 6": "AT&T & R&D; 5 < 6",
+        "Tom &amp; Jerry &quot;hi&quot; &#39;x&#39; &#x41;": "Tom & Jerry \"hi\" 'x' A",
+        "zero\u200bwidth\u200d join\u00ad soft \ufeffbom \u202ertl\x00nul\x07bell \ufffdlost":
+            "zerowidth join soft bom rtlnulbell lost",
+        "tab\tand\x0bvt\u00a0nbsp\u2028ls": "tab and vt nbsp ls",
+        "{\\an8}<c.colorE5E5E5>styled</c> &#8203;x": "styled x",
+    }
+    for raw, want in cases.items():
+        got = clean_text(raw)
+        assert got == want, (raw, got)
+        assert not re.search(r"<[^>]*>|<[a-z/]|&(?:lt|gt|amp);", got, re.I), (raw, got)
+
+
+def test_markup_never_comes_back_as_words_in_any_format():
+    payload = "&lt;i&gt;one&lt;/i&gt; <script>alert(1)</script>two &amp;lt;b&amp;gt;three\u200b"
+    vtt = f"WEBVTT\n\n00:01.000 --> 00:03.000\n{payload}\n"
+    srt = f"1\n00:00:01,000 --> 00:00:03,000\n{payload}\n"
+    rolling = ("WEBVTT\n\n00:00:01.000 --> 00:00:03.000\n \n"
+               "&lt;i&gt;one<00:00:01.500><c> &lt;script&gt;alert(1)&lt;/script&gt;two</c>"
+               "<00:00:02.000><c> &amp;lt;b&amp;gt;three\u200b</c>\n")
+    json3 = json.dumps({"events": [{"tStartMs": 1000, "dDurationMs": 2000, "segs": [
+        {"utf8": "&lt;i&gt;one"}, {"utf8": " <script>alert(1)</script>two", "tOffsetMs": 500},
+        {"utf8": " &amp;lt;b&amp;gt;three\u200b", "tOffsetMs": 1000}]}]})
+    for text, fmt in ((vtt, "vtt"), (srt, "srt"), (rolling, "vtt"), (json3, "json3")):
+        cues, _ = load_captions(text.encode("utf-8"), fmt, "x")
+        assert [c.text for c in cues] == ["one two three"], fmt
+    rolling_cue = load_captions(rolling.encode("utf-8"), None, "x.vtt")[0][0]
+    assert rolling_cue.word_times == (1.0, 1.5, 2.0)
+
+
+def _srt_blocks(blocks) -> str:
+    return "".join(f"{i}\n{_srt_ts(a)} --> {_srt_ts(b)}\n{txt}\n\n" for i, (a, b, txt) in enumerate(blocks, 1))
+
+
+def test_out_of_order_srt_is_sorted():
+    srt = _srt_blocks([(5000, 7000, "third cue"), (1000, 3000, "first cue"), (3000, 5000, "second cue")])
+    raw = parse_captions(srt, "srt")
+    assert [c.start for c in raw] == [5.0, 1.0, 3.0]  # the parser keeps file order
+    cues, report = load_captions(srt.encode("utf-8"), "srt", "v.srt")
+    assert cues == [Cue(1.0, 3.0, "first cue"), Cue(3.0, 5.0, "second cue"), Cue(5.0, 7.0, "third cue")]
+    assert isinstance(report, CaptionReport)
+    assert (report.cues_in, report.cues_out, report.out_of_order, report.bad_time) == (3, 3, 2, 0)
+    assert (report.format, report.encoding, report.bad_bytes) == ("srt", "utf-8", 0)
+    assert words_from_cue_lists([cues]).video(0) == [
+        (1.0, 2.0, "first"), (2.0, 3.0, "cue"), (3.0, 4.0, "second"), (4.0, 5.0, "cue"),
+        (5.0, 6.0, "third"), (6.0, 7.0, "cue")]
+
+
+def test_bad_cue_times_dropped_and_counted():
+    srt = _srt_blocks([(1000, 2000, "good one"), (4000, 3000, "reversed"), (5000, 5000, "zero length"),
+                       (6000, 7000, "good two")])
+    cues, report = load_captions(srt.encode("utf-8"), None, "captions")
+    assert [c.text for c in cues] == ["good one", "good two"]
+    assert (report.format, report.cues_in, report.bad_time, report.cues_out) == ("srt", 4, 2, 2)
+    doc = {"events": [
+        {"tStartMs": -500, "dDurationMs": 1000, "segs": [{"utf8": "negative"}]},
+        {"tStartMs": 1000, "dDurationMs": float("nan"), "segs": [{"utf8": "nan"}]},
+        {"tStartMs": float("inf"), "dDurationMs": 10, "segs": [{"utf8": "inf"}]},
+        {"tStartMs": 2000, "dDurationMs": 1000, "segs": [{"utf8": "fine"}]},
+        {"tStartMs": 3000, "dDurationMs": 1000, "segs": [{"utf8": "[Music]"}]},
+    ]}
+    cues, report = load_captions(json.dumps(doc).encode("utf-8"), "json3", "v.json3")
+    assert cues == [Cue(2.0, 3.0, "fine")]
+    assert (report.bad_time, report.no_text, report.cues_out) == (3, 1, 1)
+    cues, report = validate_cues([Cue(0.0, 1.0, "   "), Cue(1.0, 1.0004, "too short"), Cue(2.0, 1.0, "back")])
+    assert cues == [] and report == CueReport(cues_in=3, cues_out=0, bad_time=2, no_text=1)
+
+
+def test_overlapping_cues_are_cut():
+    srt = _srt_blocks([(1000, 4000, "one two three"), (3000, 5000, "four five")])
+    cues, report = load_captions(srt.encode("utf-8"), "srt", "v.srt")
+    assert cues == [Cue(1.0, 3.0, "one two three"), Cue(3.0, 5.0, "four five")]
+    assert report.overlaps_cut == 1
+    # 3 words over 1..3 s: 1 + 2/3 and 1 + 4/3 rounded to 0.1
+    assert words_from_cue_lists([cues]).video(0) == [
+        (1.0, 1.7, "one"), (1.7, 2.3, "two"), (2.3, 3.0, "three"), (3.0, 4.0, "four"), (4.0, 5.0, "five")]
+    # a long cue over several later ones is cut at the first
+    cues, report = validate_cues([Cue(0.0, 100.0, "title"), Cue(1.0, 2.0, "a"), Cue(2.0, 3.0, "b")])
+    assert [(c.start, c.end) for c in cues] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)] and report.overlaps_cut == 1
+    # a `[...]` cue gives no words: it is dropped first and does not cut the spoken cue under it
+    cues, report = validate_cues([Cue(0.0, 10.0, "hello world"), Cue(2.0, 4.0, "[Music]")])
+    assert cues == [Cue(0.0, 10.0, "hello world")] and (report.no_text, report.overlaps_cut) == (1, 0)
+
+
+def test_overlapping_cues_with_inline_times():
+    # times still inside the cut cue: kept; a time past the cut: all the cue's times dropped
+    inside = [Cue(0.0, 4.0, "a b c", (0.0, 1.0, 2.0)), Cue(3.0, 5.0, "d e", (3.0, 4.5))]
+    cues, report = validate_cues(inside)
+    assert cues == [Cue(0.0, 3.0, "a b c", (0.0, 1.0, 2.0)), Cue(3.0, 5.0, "d e", (3.0, 4.5))]
+    assert (report.overlaps_cut, report.times_dropped) == (1, 0)
+    assert words_from_cue_lists([cues]).video(0) == [
+        (0.0, 1.0, "a"), (1.0, 2.0, "b"), (2.0, 3.0, "c"), (3.0, 4.5, "d"), (4.5, 5.0, "e")]
+    past = [Cue(0.0, 4.0, "a b c", (0.0, 1.0, 3.5)), Cue(3.0, 5.0, "d e", (3.0, 4.5))]
+    cues, report = validate_cues(past)
+    assert cues[0] == Cue(0.0, 3.0, "a b c") and (report.overlaps_cut, report.times_dropped) == (1, 1)
+    assert words_from_cue_lists([cues]).video(0)[:3] == [(0.0, 1.0, "a"), (1.0, 2.0, "b"), (2.0, 3.0, "c")]
+    # times going back, outside the cue, one short, non-finite: dropped, counted
+    bad = [Cue(10.0, 12.0, "a b", (11.0, 10.5)), Cue(20.0, 22.0, "a b", (19.0, 21.0)),
+           Cue(30.0, 32.0, "a b", (30.0,)), Cue(40.0, 42.0, "a b", (40.0, float("nan")))]
+    cues, report = validate_cues(bad)
+    assert all(c.word_times is None for c in cues) and report.times_dropped == 4
+
+
+def test_same_start_cues_are_merged_in_file_order():
+    cues, report = validate_cues([Cue(4.0, 5.0, "b"), Cue(1.0, 2.0, "x"), Cue(4.0, 6.0, "c"),
+                                  Cue(8.0, 9.0, "hi"), Cue(8.0, 9.0, "hi")])
+    assert cues == [Cue(1.0, 2.0, "x"), Cue(4.0, 6.0, "b c"), Cue(8.0, 9.0, "hi")]
+    assert (report.merged, report.out_of_order, report.cues_out) == (2, 1, 3)
+    # with inline times: concatenated when they stay non-decreasing, else dropped
+    cues, report = validate_cues([Cue(0.0, 2.0, "a b", (0.0, 0.5)), Cue(0.0, 3.0, "c", (1.0,))])
+    assert cues == [Cue(0.0, 3.0, "a b c", (0.0, 0.5, 1.0))] and report.times_dropped == 0
+    cues, report = validate_cues([Cue(0.0, 2.0, "a b", (0.0, 1.5)), Cue(0.0, 3.0, "c d", (0.0, 1.0))])
+    assert cues == [Cue(0.0, 3.0, "a b c d")] and report.times_dropped == 1
+
+
+def test_cp1252_and_broken_utf8_files(tmp_path):
+    srt = b"1\r\n00:00:01,000 --> 00:00:03,000\r\nCaf\xe9 cr\xe8me br\xfbl\xe9e d\x92accord\r\n"
+    cues, report = load_captions(srt, None, "film.srt")
+    assert [c.text for c in cues] == ["Café crème brûlée d’accord"]
+    assert (report.encoding, report.bad_bytes) == ("cp1252", 0)
+    vtt = ("WEBVTT\n\n00:01.000 --> 00:02.000\nnaïve ".encode("utf-8") + b"caf\xc3\n\n"
+           + "00:02.000 --> 00:03.000\nZürich \xff ok\n".encode("utf-8").replace(b"\xc3\xbf", b"\xff"))
+    cues, report = load_captions(vtt, "vtt", "v.vtt")
+    assert [c.text for c in cues] == ["naïve caf", "Zürich ok"]
+    assert (report.encoding, report.bad_bytes) == ("utf-8", 2)
+    utf16 = "\ufeffWEBVTT\n\n00:01.000 --> 00:02.000\nnaïve café\n".encode("utf-16")
+    cues, report = load_captions(utf16, None, "v.txt")
+    assert cues == [Cue(1.0, 2.0, "naïve café")] and (report.format, report.encoding) == ("vtt", "utf-16")
+    with pytest.raises(CaptionError):
+        load_captions(b"\x00\x01 not captions at all", None, "x.txt")
+
+
+def test_validation_keeps_well_formed_files_unchanged():
+    for text, fmt in ((MANUAL_VTT, "vtt"), (AUTO_VTT, "vtt"), (SRT, "srt"), (json.dumps(AUTO_JSON3), "json3")):
+        raw = parse_captions(text, fmt)
+        cues, report = load_captions(text.encode("utf-8"), fmt, "x")
+        assert (report.bad_time, report.out_of_order, report.merged, report.overlaps_cut) == (0, 0, 0, 0)
+        assert cues == [c for c in raw if "[" not in c.text]
+        for inline in (True, False):
+            assert words_from_cue_lists([cues], inline).video(0) == words_from_cue_lists([raw], inline).video(0)
+
+
+def _messy_cues(rng: random.Random) -> list[Cue]:
+    """Cue lists as broken as files get: any order, overlaps, same starts, bad times, bad inline times,
+    and times on the millisecond grid at 0.1 s rounding boundaries (0.15 is stored below 0.15)."""
+    vocab = ["the", "a", "so", "so", "we", "we", "Hello.", "é", "[Music]"]
+    cues = []
+    for _ in range(rng.randint(0, 25)):
+        s = rng.choice([rng.randint(0, 20000) / 1000, rng.uniform(-1, 20), rng.choice([0.15, 2.35, 4.05])])
+        d = rng.choice([rng.randint(1, 5000) / 1000, rng.uniform(0, 3), 0.0, -1.0, 0.0001, float("nan")])
+        text = rng.choice(["", " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 8)))])
+        n = len([w for w in text.split(" ") if w])
+        times = None
+        if n and rng.random() < 0.5:
+            e = s + (d if d == d else 1.0)
+            times = sorted(rng.choice([s, e, rng.uniform(s - 0.5, e + 0.5), round(rng.uniform(s, e), 3)])
+                           for _ in range(n + rng.choice([0, 0, 0, -1])))
+            if rng.random() < 0.2:
+                rng.shuffle(times)
+            times = tuple(times)
+        cues.append(Cue(s, s + d, text, times))
+        if rng.random() < 0.2:  # another cue at the same start
+            cues.append(Cue(s, s + rng.choice([0.3, 8.0]), rng.choice(vocab), None))
+    if rng.random() < 0.5:
+        rng.shuffle(cues)
+    return cues
+
+
+def test_validated_cues_never_give_words_going_back():
+    rng = random.Random(2024)
+    videos = [_messy_cues(rng) for _ in range(1500)]
+    validated = []
+    for cues in videos:
+        out, report = validate_cues(cues)
+        assert report.cues_in == len(cues) and report.cues_out == len(out)
+        assert len(cues) == report.bad_time + report.no_text + report.merged + report.cues_out
+        for a, b in zip(out, out[1:]):
+            assert a.start < b.start and a.end <= b.start
+        assert all(c.end > c.start >= 0 for c in out)
+        validated.append(out)
+    n_words = 0
+    for inline in (True, False):
+        words = words_from_cue_lists(validated, use_inline_times=inline)
+        for v in range(words.n_videos):
+            ws = words.video(v)
+            n_words += len(ws)
+            assert all(e >= s for s, e, _ in ws)
+            for (s0, e0, _), (s1, e1, _) in zip(ws, ws[1:]):
+                # non-decreasing starts and ends; and no word ends after the next one starts
+                assert s0 <= s1 and e0 <= e1 and e0 <= s1, (v, inline)
+    assert n_words > 10000  # the lists were not validated down to nothing
+    # the raw lists do go back (the test can tell)
+    raw = words_from_cue_lists(videos)
+    assert any(s0 > s1 for v in range(raw.n_videos) for (s0, _, _), (s1, _, _) in zip(raw.video(v), raw.video(v)[1:]))

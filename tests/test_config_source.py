@@ -1,6 +1,7 @@
 """Configuration fails before the run with a message that says what to change; the source reader
 turns every bad row into a row; ids follow their rules."""
 import json
+import os
 import subprocess
 import sys
 
@@ -60,6 +61,48 @@ def test_cli_reports_config_errors_before_running(tmp_path):
     assert only.returncode == 2 and "not a stage" in only.stderr
     profile = cli("run", "nosuchprofile")
     assert profile.returncode == 2 and "known profiles" in profile.stderr
+    yaml_value = cli("run", "pretrain", "--set", "download.caption_langs=[", "--run", str(tmp_path / "r"))
+    assert yaml_value.returncode == 2 and "not valid YAML" in yaml_value.stderr
+    assert "Traceback" not in yaml_value.stderr and len(yaml_value.stderr.strip().splitlines()) == 1
+    no_dir = cli("run", "pretrain", "--run", "")
+    assert no_dir.returncode == 2 and "run.dir" in no_dir.stderr and "Traceback" not in no_dir.stderr
+    (tmp_path / "empty.csv").write_text("")
+    empty = cli("run", "pretrain", "--source", str(tmp_path / "empty.csv"), "--run", str(tmp_path / "r2"))
+    assert empty.returncode == 2 and "is empty" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def _hold_lock(run_dir: str, start_at: float, results) -> None:
+    import time
+
+    from pipeline import runner
+    from pipeline.store import RunStore
+
+    time.sleep(max(0.0, start_at - time.time()))
+    try:
+        runner.take_lock(RunStore(run_dir), f"run-{os.getpid()}")
+    except config.ConfigError:
+        results.put("refused")
+        return
+    results.put("took")
+    time.sleep(1.0)                        # hold it while the other driver looks
+
+
+def test_two_drivers_at_the_same_instant_never_both_get_the_lock(tmp_path):
+    import multiprocessing
+    import time
+
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(6):
+        run_dir = str(tmp_path / f"r{trial}")
+        results = ctx.Queue()
+        start_at = time.time() + 0.5
+        procs = [ctx.Process(target=_hold_lock, args=(run_dir, start_at, results)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        outcome = sorted(results.get(timeout=30) for _ in procs)
+        for p in procs:
+            p.join(timeout=30)
+        assert outcome == ["refused", "took"], (trial, outcome)
 
 
 def test_source_rows_never_silently_dropped(tmp_path):
@@ -77,10 +120,11 @@ def test_source_rows_never_silently_dropped(tmp_path):
     rows = source.read_source(str(path))
     assert [r["source_row"] for r in rows] == [0, 1, 2, 3, 4, 5]  # blank lines are not rows
     assert rows[0]["id"] == "dQw4w9WgXcQ" and rows[0]["parse_error"] is None
-    assert rows[1]["parse_error"] == "not a JSON object" and rows[1]["raw"] == '{"url": "broken'
+    assert rows[1]["parse_error"].startswith("not JSON") and rows[1]["raw"] == '{"url": "broken'
     assert rows[2]["parse_error"] == "no url"
     assert rows[3]["parse_error"].startswith("duplicate id")
-    assert rows[4]["id"] == "my_talk" and "." not in rows[4]["id"]
+    assert rows[4]["id"].startswith("my_talk--") and "." not in rows[4]["id"]
+    assert rows[4]["source_id"] == "my.talk"
     assert rows[5]["parse_error"] == "not a JSON object"
     parts = source.split_parts(rows, 4)
     assert [p.num_rows for p in parts] == [4, 2]
@@ -97,6 +141,37 @@ def test_source_parquet_and_csv(tmp_path):
     assert crows[0]["parse_error"] is None and crows[1]["parse_error"] == "no url"
     with pytest.raises(ValueError, match="expected a file ending"):
         source.check_source(str(tmp_path / "s.txt"))
+
+
+def test_csv_lines_with_extra_or_missing_fields_are_rows(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("url,title,duration\n/a.mp4,A,31\n/b.mp4,B,32,extra\n/c.mp4\n/d.mp4,\"D, the talk\",40\n")
+    rows = source.read_source(str(path))
+    assert [r["source_row"] for r in rows] == [0, 1, 2, 3]
+    assert rows[0]["parse_error"] is None and json.loads(rows[0]["raw"])["duration"] == "31"
+    assert "4 fields where the header has 3" in rows[1]["parse_error"] and "extra" in rows[1]["raw"]
+    assert "1 fields where the header has 3" in rows[2]["parse_error"]
+    assert rows[3]["parse_error"] is None and json.loads(rows[3]["raw"])["title"] == "D, the talk"
+    assert len({r["id"] for r in rows}) == 4
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(config.ConfigError, match="is empty"):
+        source.read_source(str(tmp_path / "empty.csv"))
+
+
+def test_cleaned_ids_never_merge_and_stay_short():
+    given = ["a/b", "a_b", "日本語", "日本人", "x" * 300, "x" * 301, "-rf", "rf", "my.talk", "my_talk",
+             "id--0123456789ab", "Zx9-_", "e\u0301", "\u00e9"]
+    made = [ids.video_id("http://h/v.mp4", g) for g in given]
+    assert len(set(made)) == len(given)                     # no two source ids merge
+    assert made[given.index("a_b")] == "a_b" and made[given.index("Zx9-_")] == "Zx9-_"  # clean ids kept
+    for g, m in zip(given, made):
+        assert 0 < len(m) <= ids.MAX_ID and not m.startswith("-"), (g, m)
+        assert all(c.isascii() and (c.isalnum() or c in "_-") for c in m), (g, m)
+        assert ids.video_id("http://other/x.mp4", g) == m    # deterministic, from the id alone
+    # a clip id of the longest video id still fits a USTAR tar member name with its extension
+    assert len(ids.clip_id(made[4], 599.999, 600.0) + "_99.json") <= 100
+    # an empty id falls back on the URL and never meets a cleaned non-ASCII id
+    assert ids.video_id("http://h/v.mp4", "") not in made
 
 
 def test_ids_have_no_dots_and_recognise_youtube():

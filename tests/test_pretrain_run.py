@@ -192,3 +192,6 @@ def test_status_and_inspect_commands(local_run):
     shown = cli("inspect", str(run_dir), "clip_split", "--status", "dropped", "--rows", "20")
     assert "words: list<element: struct<start: double, end: double, word: string>>" in shown
     assert "too_slow" in shown and "talk_slow" in shown   # (the run may carry min_span=45 by now)
+    source = subprocess.run([sys.executable, "-m", "pipeline", "inspect", str(run_dir), "source", "--status",
+                             "dropped"], capture_output=True, text=True, timeout=120)
+    assert source.returncode == 2 and "no status column" in source.stderr and "Traceback" not in source.stderr

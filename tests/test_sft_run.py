@@ -18,8 +18,9 @@ from tests.support.runs import manifest, reasons, run_pretrain
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
+# talk_slow and talk_fast too: the SFT rules have no words-per-second test (LIVECC_SPEC section 3)
 KEPT_CLIPS = {"talk_normal": 1, "talk_gap": 2, "music_cues": 1, "auto_captions": 1, "no_captions": 1,
-              "talking_face": 1}
+              "talking_face": 1, "talk_slow": 1, "talk_fast": 1}
 
 
 def norm(word: str) -> str:
@@ -46,7 +47,7 @@ def test_rows_per_status_and_reason(sft_run):
     assert (asr[asr.status == "ok"].language == "en").all()
     clips = manifest(run_dir, "clip_split")
     assert Counter(clips[clips.status == "ok"].video_id) == Counter(KEPT_CLIPS)
-    assert clips.groupby("video_id").reason.first()["talk_slow"] == "too_slow"
+    assert not clips.reason.isin(["too_slow", "too_fast"]).any()
     lm = manifest(run_dir, "lm_filter")
     assert set(lm.clip_id) == set(clips[clips.status == "ok"].clip_id)
     assert lm[lm.status == "ok"].lm_loss.between(1.5, 5.0).all()

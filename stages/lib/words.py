@@ -98,6 +98,21 @@ class WordArrays:
         return [{"start": s, "end": e, "word": w} for s, e, w in
                 zip(self.start[a:b].tolist(), self.end[a:b].tolist(), self.word[a:b].to_pylist())]
 
+    def select(self, keep: np.ndarray) -> "WordArrays":
+        """The words where `keep` is true (each video keeps its place, maybe with no words)."""
+        if keep.all():
+            return self
+        video = np.repeat(np.arange(self.n_videos, dtype=np.int64), self.counts())
+        offsets = np.zeros(self.n_videos + 1, dtype=np.int64)
+        np.cumsum(np.bincount(video[keep], minlength=self.n_videos), out=offsets[1:])
+        return WordArrays(self.start[keep], self.end[keep], self.word.filter(pa.array(keep)), offsets)
+
+    def to_list_array(self) -> pa.Array:
+        """The manifest's `list<struct<start, end, word>>`, one list per video (no per-word objects)."""
+        values = pa.StructArray.from_arrays([pa.array(self.start), pa.array(self.end), _as_string_array(self.word)],
+                                            names=["start", "end", "word"])
+        return pa.ListArray.from_arrays(pa.array(self.offsets.astype(np.int32)), values)
+
     @classmethod
     def from_lists(cls, videos: Sequence[Sequence[tuple[float, float, str]]]) -> "WordArrays":
         counts = np.fromiter((len(v) for v in videos), dtype=np.int64, count=len(videos))
@@ -114,7 +129,8 @@ class WordArrays:
         """From a `list<struct<start, end, word>>` array (one list per video; null = no words)."""
         if isinstance(words, pa.ChunkedArray):
             words = pa.concat_arrays(words.chunks) if words.num_chunks != 1 else words.chunk(0)
-        words = words.fill_null(pa.scalar([], type=words.type))
+        if words.null_count:
+            words = words.fill_null(pa.scalar([], type=words.type))
         lengths = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
         offsets = np.zeros(len(words) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])

@@ -12,7 +12,9 @@ Retries are the caller's job: yt-dlp's own retries are kept low so that one slow
 behind minutes of silent retrying. Secrets stay out: a cookies file is copied to a private temporary
 file per call (yt-dlp writes the cookie jar back on close, which is not safe under concurrency), the
 info dict loses every `cookies` / `http_headers` field, and messages are scrubbed of `Cookie:` and
-`Authorization:` values.
+`Authorization:` values; URLs in messages and in the cleaned info dict are redacted (pipeline/redact.py).
+`failure_from_exception` keeps a 429/503's `Retry-After` (yt-dlp's or urllib's HTTPError) as
+`DownloadFailure.retry_after`.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+from pipeline.redact import DEFAULT_PARAMS, redact_obj, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +43,15 @@ MANUAL, AUTOMATIC = "manual", "automatic"
 class DownloadFailure(Exception):
     """A video could not be fetched: `code` is one of CODES, `transient` says whether a retry may help."""
 
-    def __init__(self, code: str, message: str, transient: bool = False) -> None:
+    def __init__(self, code: str, message: str, transient: bool = False,
+                 retry_after: float | None = None) -> None:
         if code not in CODES:
             raise ValueError(f"unknown download failure code {code!r}")
         super().__init__(message)
         self.code = code
         self.transient = transient
         self.message = message
+        self.retry_after = retry_after   # seconds the server asked to wait (429/503 Retry-After)
 
     def short(self, limit: int = 200) -> str:
         return shorten(self.message, limit)
@@ -74,8 +80,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def scrub(text: str) -> str:
-    """Remove credentials that could ride along in a message (header values)."""
-    return _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", _ANSI.sub("", text))
+    """Remove credentials that could ride along in a message (header values, URLs' userinfo and
+    secret query parameters with the default list; the run's own list is applied again on
+    everything a worker writes)."""
+    text = _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", _ANSI.sub("", text))
+    return redact_text(text)
 
 
 def shorten(message: str, limit: int = 200) -> str:
@@ -149,10 +158,56 @@ def _exception_chain(exc: BaseException) -> Iterable[BaseException]:
                 todo.append(nxt)
 
 
+def parse_retry_after(value: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date; None when unreadable."""
+    import email.utils
+    import time
+
+    if value is None:
+        return None
+    text = str(value).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The Retry-After of an HTTP 429/503 anywhere in `exc`'s chain (yt-dlp's or urllib's HTTPError)."""
+    import urllib.error
+
+    try:
+        from yt_dlp.networking.exceptions import HTTPError as YtdlpHTTPError
+    except ImportError:  # urllib alone (provided captions) needs no yt-dlp
+        YtdlpHTTPError = ()  # noqa: N806
+    for cur in _exception_chain(exc):
+        if isinstance(cur, YtdlpHTTPError):
+            status, headers = cur.status, getattr(cur.response, "headers", None)
+        elif isinstance(cur, urllib.error.HTTPError):
+            status, headers = cur.code, cur.headers
+        else:
+            continue
+        if status in (429, 503) and headers is not None:
+            return parse_retry_after(headers.get("Retry-After"))
+        return None
+    return None
+
+
 def failure_from_exception(exc: BaseException) -> DownloadFailure:
     """A DownloadFailure for any exception yt-dlp raised: the message first, then the exception types."""
     if isinstance(exc, DownloadFailure):
         return exc
+    failure = _failure(exc)
+    failure.retry_after = retry_after(exc) if failure.transient else None
+    return failure
+
+
+def _failure(exc: BaseException) -> DownloadFailure:
     message = str(exc) or type(exc).__name__
     code, transient = classify(message)
     if code == "download_failed":
@@ -348,9 +403,10 @@ def strip_secrets(obj: Any) -> Any:
     return obj
 
 
-def clean_info(info: dict) -> dict:
+def clean_info(info: dict, redact_params: Iterable[str] = DEFAULT_PARAMS) -> dict:
     """The info dict for a manifest's `.info.json`: no credentials, no signed media URLs, no per-format
-    lists (megabytes on YouTube); caption tracks reduced to `{lang: [ext, ...]}`."""
+    lists (megabytes on YouTube); caption tracks reduced to `{lang: [ext, ...]}`; every URL left
+    (`webpage_url`, `original_url`, ...) redacted."""
     def walk(obj: Any) -> Any:
         if isinstance(obj, dict):
             return {k: walk(v) for k, v in obj.items()
@@ -364,7 +420,7 @@ def clean_info(info: dict) -> dict:
         tracks = info.get(key) or {}
         out[key] = {lang: [t.get("ext") if isinstance(t, dict) else t for t in v or []]
                     for lang, v in tracks.items()}
-    return out
+    return redact_obj(out, redact_params)
 
 
 def _sanitize(ydl: Any, info: dict) -> dict:

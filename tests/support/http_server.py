@@ -4,7 +4,10 @@
         url = srv.base_url + "/a.html"
 
 Serves the files under `root` from 127.0.0.1 with the right Content-Type, answers HEAD and single
-byte-range requests (206 / 416, as yt-dlp's HTTP downloader expects), and records every requested path.
+byte-range requests (206 / 416, as yt-dlp's HTTP downloader expects), and records every requested path
+(`requests`), with its time (`times`: (path, time.monotonic()) on arrival) and Authorization header
+(`auth`). The query string is ignored (signed URLs serve the same file); `throttle={"/a.html": (1, "2")}`
+answers the first request of a path with 429 and `Retry-After: 2`.
 """
 
 from __future__ import annotations
@@ -54,13 +57,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, send_body: bool) -> None:
         owner = self.server.owner
         path = unquote(urlsplit(self.path).path)
-        owner._record(path)
+        owner._record(path, self.headers.get("Authorization"), self.path)
         if owner.delay_s > 0:
             time.sleep(owner.delay_s)
         self.close_connection = True
         status = owner.status_for.get(path)
         if status is not None:
             return self._status(status, send_body)
+        retry_after = owner._throttled(path)
+        if retry_after is not None:
+            return self._status(HTTPStatus.TOO_MANY_REQUESTS, send_body, {"Retry-After": retry_after})
         if owner._should_fail(path):
             return self._status(HTTPStatus.SERVICE_UNAVAILABLE, send_body)
         file = owner._resolve(path)
@@ -106,10 +112,12 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _status(self, status: int, send_body: bool) -> None:
+    def _status(self, status: int, send_body: bool, headers: dict[str, str] | None = None) -> None:
         status = HTTPStatus(status)
         body = f"{status.value} {status.phrase}\n".encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close")
@@ -152,7 +160,8 @@ class LoopbackServer:
     """Serve `root` on http://127.0.0.1:PORT (port 0: the OS picks one). A context manager."""
 
     def __init__(self, root: str | Path, delay_s: float = 0.0, fail_first: dict[str, int] | None = None,
-                 status_for: dict[str, int] | None = None, port: int = 0):
+                 status_for: dict[str, int] | None = None, port: int = 0,
+                 throttle: dict[str, tuple[int, str]] | None = None):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise ValueError(f"LoopbackServer root is not a directory: {self.root}")
@@ -160,7 +169,11 @@ class LoopbackServer:
         self.fail_first = dict(fail_first or {})
         self.status_for = dict(status_for or {})
         self.port = port
+        self.throttle = dict(throttle or {})   # path -> (429 answers, Retry-After value)
         self.requests: list[str] = []
+        self.times: list[tuple[str, float]] = []
+        self.targets: list[str] = []            # the request targets as sent (query included)
+        self.auth: list[tuple[str, str | None]] = []
         self._lock = threading.Lock()
         self._failures: dict[str, int] = {}
         self._httpd: _Server | None = None
@@ -207,9 +220,24 @@ class LoopbackServer:
         with self._lock:
             return self.requests.count(path)
 
-    def _record(self, path: str) -> None:
+    def _record(self, path: str, auth: str | None = None, target: str | None = None) -> None:
         with self._lock:
             self.requests.append(path)
+            self.targets.append(target or path)
+            self.times.append((path, time.monotonic()))
+            self.auth.append((path, auth))
+
+    def times_of(self, path: str) -> list[float]:
+        with self._lock:
+            return [t for p, t in self.times if p == path]
+
+    def _throttled(self, path: str) -> str | None:
+        with self._lock:
+            count, value = self.throttle.get(path, (0, ""))
+            if count <= 0:
+                return None
+            self.throttle[path] = (count - 1, value)
+            return value
 
     def _should_fail(self, path: str) -> bool:
         with self._lock:
