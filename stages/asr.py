@@ -27,18 +27,24 @@ made Whisper drop whole chunks, so the pipeline's own packing is kept.
 
 Punctuation is part of the data: an SFT clip may start only after `.`, `?` or `!` at a capitalised word
 (LIVECC_SPEC section 3), so an unpunctuated transcript loses everything after its first pause of > 3 s
-(`no_sentence_start`). Whisper copies the style of its prompt, and with no prompt tiny.en wrote the
-first 30 s of talk_normal as one comma-spliced sentence; at batch_size 1 every later window is
-prompted with the windows before it (`condition_on_previous_text`), so that style ran to the end of
-the video. Hence `initial_prompt`: a few punctuated sentences before the first window. Measured on 6
-synthetic talks of 175 s with one 4.5 s pause (espeak-ng, 5 voices, 140-180 wpm) and on the SFT sample
-talks joined by 4.5 s pauses (tests/test_asr_punctuation.py), words in kept SFT clips / word error:
-no prompt (old default) 66 % / 8.3 %; `condition_on_previous_text: false` 96 % / 8.8 % (each window
-on its own: a window of unpunctuated speech stays unpunctuated, and the words got worse); the prompt
-and the conditioning 98 % / 8.1 %; the prompt without conditioning 95 % / 8.6 %. `without_timestamps`
-95 % / 10.2 % (it lost words: 17.9 % on the sample talks); a fixed temperature of 0
-(no fallback) looped (error 48 %); `hallucination_silence_threshold` and `prompt_reset_on_temperature`
-changed nothing. Batched decoding gives the prompt to every chunk (sample talks: error 7.4 -> 6.6 %).
+(`no_sentence_start`). The cause was Whisper's `condition_on_previous_text` at batch_size 1: every 30 s
+window is prompted with the text of the windows before it, and Whisper copies the style of its prompt;
+tiny.en wrote the first window of talk_normal as one comma-spliced sentence, and that style ran to the
+end of the video. Decoding each window on its own (`condition_on_previous_text: false`, the default)
+keeps a bad window's style local. A punctuated `initial_prompt` (e.g. "Hello. Welcome to the show,
+everyone.") punctuated as well, but Whisper copies a prompt into sparse speech: talk_slow (single words
+between pauses) came out as "Welcome to the show." six times and none of its words. Measured: words
+in kept SFT clips / word error on 6 synthetic 175 s talks with one 4.5 s pause (5 voices); words kept
+on the SFT sample talks joined by 4.5 s pauses (tests/test_asr_punctuation.py); caption words heard
+in talk_slow:
+- conditioning, no prompt (Whisper's default):  66 % / 8.3 %; joined 19 %;
+- no conditioning, no prompt (the default):     96 % / 8.8 %; joined 99 %; talk_slow 81 %;
+- prompt and conditioning:                      98 % / 8.1 %; joined 100 %; talk_slow 0 %;
+- prompt, no conditioning:                      95 % / 8.6 %;               talk_slow 28 %.
+`without_timestamps` lost words; a fixed temperature of 0 (no fallback) looped;
+`hallucination_silence_threshold` and `prompt_reset_on_temperature` changed nothing. The temperature
+fallback samples: the generator's seed is set before each file, so a row transcribes the same way on
+every run and in any order.
 Word times then come from:
 - `align: whisper`  - those Whisper word times (the reference script; no extra model);
 - `align: wav2vec2` - WhisperX's method without the whisperx package: the words of each Whisper segment
@@ -85,7 +91,7 @@ DEVICES = ("cpu", "cuda")
 COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
                  "float16", "bfloat16", "float32")
 ALIGN_PAD_S = 0.5               # wav2vec2 window: a segment's Whisper times widened by this each side
-SENTENCE_PROMPT = "Hello. Welcome to the show, everyone."   # the default initial_prompt (measured)
+SEED = 0                        # the temperature fallback's sampling: the same words on every run
 
 
 
@@ -112,12 +118,13 @@ class Config:
     # gains little (bench/asr_rtf.py).
     batch_size: int = 1
     beam_size: int = 5
-    # Text Whisper reads as "what came before" the first window (batch_size 1) or every chunk (batched):
-    # a few punctuated sentences set the transcript's style; null: no prompt (module docstring: why).
-    initial_prompt: str | None = SENTENCE_PROMPT
-    # batch_size 1: each 30 s window is prompted with the text of the windows before it (Whisper's
-    # default; better words). The batched pipeline never does this (faster-whisper forces it off).
-    condition_on_previous_text: bool = True
+    # Text Whisper reads as "what came before" the first window (batch_size 1) or every chunk (batched).
+    # None by default: Whisper copies a prompt into sparse speech (module docstring).
+    initial_prompt: str | None = None
+    # batch_size 1: prompt each 30 s window with the text of the windows before it (Whisper's own
+    # default). Off: one unpunctuated window would set the style of the whole video (module docstring).
+    # The batched pipeline never conditions (faster-whisper forces it off).
+    condition_on_previous_text: bool = False
     cpu_threads: int = 1                 # CTranslate2/torch threads on CPU = the CPUs a worker asks for
     language: str | None = None          # None: detect per video; "en" skips detection
     languages: tuple[str, ...] = ("en",)  # keep list of detected languages; empty: keep any
@@ -444,6 +451,9 @@ class Asr(Stage):
         # gives the initial prompt to every chunk; sequential decoding to the first window only.
         options = ({"batch_size": cfg.batch_size} if cfg.batch_size > 1
                    else {"condition_on_previous_text": cfg.condition_on_previous_text})
+        import ctranslate2
+
+        ctranslate2.set_random_seed(SEED)
         segments, info = self._decoder.transcribe(
             audio, language=cfg.language, beam_size=cfg.beam_size, word_timestamps=True, vad_filter=True,
             vad_parameters=vad_options(), initial_prompt=cfg.initial_prompt, **options)

