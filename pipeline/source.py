@@ -67,7 +67,8 @@ def _csv_records(fs, path: str, uri: str) -> list[tuple[dict | None, str, str | 
     differs from the header's is a row of its own with no record (an error row), not a failed run."""
     import csv
 
-    with fs.open(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
+    # utf-8-sig: spreadsheet exports start with a BOM that would otherwise become part of `url`
+    with fs.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header or not any(h.strip() for h in header):

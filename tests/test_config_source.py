@@ -145,7 +145,7 @@ def test_source_parquet_and_csv(tmp_path):
 
 def test_csv_lines_with_extra_or_missing_fields_are_rows(tmp_path):
     path = tmp_path / "s.csv"
-    path.write_text("url,title,duration\n/a.mp4,A,31\n/b.mp4,B,32,extra\n/c.mp4\n/d.mp4,\"D, the talk\",40\n")
+    path.write_text("\ufeffurl,title,duration\n/a.mp4,A,31\n/b.mp4,B,32,extra\n/c.mp4\n/d.mp4,\"D, the talk\",40\n")
     rows = source.read_source(str(path))
     assert [r["source_row"] for r in rows] == [0, 1, 2, 3]
     assert rows[0]["parse_error"] is None and json.loads(rows[0]["raw"])["duration"] == "31"
