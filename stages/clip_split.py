@@ -41,7 +41,7 @@ from manifests.ids import clip_id
 from manifests.schemas import CLIP_SPLIT, WORDS
 from pipeline.stage import (DROPPED, ERROR, OK, TRACEBACK, ColumnarStage, PartContext, Resources, conform,
                             error_from_exception)
-from stages.lib.clips import KEPT, MODES, NO_CLIPS, REASONS, ClipRules, previous_texts, split_clips
+from stages.lib.clips import KEPT, MODES, NO_CLIPS, REASONS, ClipRules, previous_array, split_clips
 from stages.lib.words import WordArrays
 
 
@@ -106,33 +106,28 @@ class ClipSplit(ColumnarStage):
         words = WordArrays.from_list_array(lists)
         clips = split_clips(words, self.config.rules())
         kept = clips.code == KEPT
-        previous = previous_texts(words, clips, kept)
-        video_ids = table.column("id").take(pa.array(rows, type=pa.int64())).to_pylist()
+        previous = previous_array(words, clips, kept)
+        video_ids = table.column("id").take(pa.array(rows, type=pa.int64()))
         per_video = clips.per_video(words.n_videos)
         ordinal = np.arange(len(clips), dtype=np.int64) - per_video[clips.video]
-        ids = _clip_ids([video_ids[v] for v in clips.video.tolist()], clips.start.tolist(),
-                        clips.end.tolist(), ordinal.tolist())
+        clip_videos = video_ids.take(pa.array(clips.video, type=pa.int64()))
+        ids = _clip_ids(clip_videos, clips.start, clips.end)
         row_of_clip = rows[clips.video]
-        n = len(clips)
         count = clips.stop - clips.first
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(count, out=offsets[1:])
         clip_words = _word_ranges(lists, clips.first, clips.stop)
         reasons = [REASONS.get(c) for c in clips.code.tolist()]
         wps = pa.array(clips.wps, mask=np.isnan(clips.wps))
         clip_table = _with_row_fields(table, row_of_clip, {
-            "id": pa.array(ids, pa.string()), "status": pa.array(np.where(kept, OK, DROPPED).tolist()),
-            "reason": pa.array(reasons, pa.string()), "clip_id": pa.array(ids, pa.string()),
-            "video_id": pa.array([video_ids[v] for v in clips.video.tolist()], pa.string()),
+            "id": ids, "status": pa.array(np.where(kept, OK, DROPPED).tolist()),
+            "reason": pa.array(reasons, pa.string()), "clip_id": ids, "video_id": clip_videos,
             "start": pa.array(clips.start), "end": pa.array(clips.end), "words": clip_words,
-            "previous": pa.array(previous, pa.string()), "word_count": pa.array(count),
+            "previous": previous, "word_count": pa.array(count),
             "span": pa.array(clips.span), "wps": wps, "_ordinal": pa.array(ordinal)})
         empty = np.flatnonzero(np.diff(per_video) == 0)
+        empty_ids = video_ids.take(pa.array(empty, type=pa.int64()))
         no_clips = _with_row_fields(table, rows[empty], {
-            "id": pa.array([video_ids[v] for v in empty.tolist()], pa.string()),
-            "status": pa.array([DROPPED] * len(empty), pa.string()),
-            "reason": pa.array([NO_CLIPS] * len(empty), pa.string()),
-            "video_id": pa.array([video_ids[v] for v in empty.tolist()], pa.string()),
+            "id": empty_ids, "status": pa.array([DROPPED] * len(empty), pa.string()),
+            "reason": pa.array([NO_CLIPS] * len(empty), pa.string()), "video_id": empty_ids,
             "word_count": pa.array(np.zeros(len(empty), dtype=np.int64)),
             "_ordinal": pa.array(np.zeros(len(empty), dtype=np.int64))})
         return pa.concat_tables([_conform(clip_table, self.schema), _conform(no_clips, self.schema)])
@@ -226,15 +221,20 @@ def _empty(schema: pa.Schema) -> pa.Table:
     return _conform(schema.empty_table(), schema)
 
 
-def _clip_ids(videos: list[str], starts: list[float], ends: list[float], ordinals: list[int]) -> list[str]:
-    """`<video>_<start ms>_<end ms>`; `_2`, `_3`... when two candidates of a video share one."""
+def _clip_ids(videos: pa.Array, start: np.ndarray, end: np.ndarray) -> pa.Array:
+    """`manifests.ids.clip_id` of every clip, built on columns; `_2`, `_3`... when two candidates of a
+    video share one (rare: times going backwards)."""
+    ms = [np.rint(np.asarray(t, dtype=np.float64) * 1000) for t in (start, end)]
+    if len(videos) == 0 or any((m < 0).any() or not np.isfinite(m).all() for m in ms):
+        ids = [clip_id(v, a, b) for v, a, b in zip(videos.to_pylist(), start.tolist(), end.tolist())]
+    else:
+        padded = [pc.utf8_lpad(pa.array(m.astype(np.int64)).cast(pa.string()), 8, "0") for m in ms]
+        ids = pc.binary_join_element_wise(videos.cast(pa.string()), *padded, "_")
+        if pc.count_distinct(ids).as_py() == len(ids):
+            return ids
+        ids = ids.to_pylist()
     out, seen = [], {}
-    for vid, a, b in zip(videos, starts, ends):
-        cid = clip_id(vid, a, b)
-        if cid in seen:
-            seen[cid] += 1
-            cid = f"{cid}_{seen[cid]}"
-        else:
-            seen[cid] = 1
-        out.append(cid)
-    return out
+    for cid in ids:
+        seen[cid] = seen.get(cid, 0) + 1
+        out.append(cid if seen[cid] == 1 else f"{cid}_{seen[cid]}")
+    return pa.array(out, pa.string())

@@ -410,18 +410,24 @@ def split_clips(words: WordArrays, rules: ClipRules) -> ClipArrays:
 
 
 def previous_texts(words: WordArrays, clips: ClipArrays, which: np.ndarray | None = None) -> list[str | None]:
-    """`previous` of each clip: every word of its video before the clip, space-joined ("" for a clip
-    at the video start). Only clips where `which` is true get a text (None elsewhere). With
-    `clips.strip_previous` (reference mode, sft) the words are stripped of surrounding whitespace first.
+    """`previous_array` as Python strings."""
+    return previous_array(words, clips, which).to_pylist()
+
+
+def previous_array(words: WordArrays, clips: ClipArrays, which: np.ndarray | None = None) -> pa.Array:
+    """`previous` of each clip as a string array: every word of its video before the clip, space-joined
+    ("" for a clip at the video start). Only clips where `which` is true get a text (null elsewhere).
+    With `clips.strip_previous` (reference mode, sft) the words are stripped of surrounding whitespace
+    first.
 
     Each needed video is joined once (pyarrow, as UTF-8 bytes); a clip's text is a byte prefix of it,
-    decoded."""
+    copied into the output buffer (no Python string per clip)."""
     if which is None:
         which = np.ones(len(clips), dtype=bool)
-    out: list[str | None] = [None] * len(clips)
+    which = np.asarray(which, dtype=bool)
     sel = np.flatnonzero(which)
     if len(sel) == 0:
-        return out
+        return pa.nulls(len(clips), pa.string())
     vids = np.unique(clips.video[sel])
     word = stripped_words(words.word) if clips.strip_previous else words.word
     so, _ = string_buffers(word)
@@ -432,16 +438,25 @@ def previous_texts(words: WordArrays, clips: ClipArrays, which: np.ndarray | Non
         joined = pc.binary_join(lists.take(pa.array(vids)), " ")
     else:  # most videos needed: join all (no copy of the lists), keep the needed texts
         joined = pc.binary_join(lists, " ").take(pa.array(vids))
-    binary = pa.large_binary() if pa.types.is_large_string(joined.type) else pa.binary()
-    text_of = dict(zip(vids.tolist(), joined.cast(binary).to_pylist()))
+    jo, jdata = string_buffers(joined)
     video = clips.video[sel]
     first = clips.first[sel]
     a = words.offsets[video]
     # bytes before word `first` in its video's joined text: the words' bytes plus one space each
-    n_bytes = (so[first] - so[a]) + (first - a) - 1
-    for k, v, nb in zip(sel.tolist(), video.tolist(), n_bytes.tolist()):
-        out[k] = text_of[v][:nb].decode("utf-8") if nb > 0 else ""
-    return out
+    n_bytes = np.maximum((so[first] - so[a]) + (first - a) - 1, 0)
+    source = jo[np.searchsorted(vids, video)]
+    lengths = np.zeros(len(clips), dtype=np.int64)
+    lengths[sel] = n_bytes
+    offsets = np.zeros(len(clips) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for dst, src, n in zip(offsets[sel].tolist(), source.tolist(), n_bytes.tolist()):
+        data[dst:dst + n] = jdata[src:src + n]
+    large = offsets[-1] >= 2**31
+    validity = pa.py_buffer(np.packbits(which, bitorder="little"))
+    return pa.Array.from_buffers(pa.large_string() if large else pa.string(), len(clips),
+                                 [validity, pa.py_buffer(offsets if large else offsets.astype(np.int32)),
+                                  pa.py_buffer(data)], null_count=len(clips) - len(sel))
 
 
 _ASCII_SPACE = np.zeros(256, dtype=bool)
