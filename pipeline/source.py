@@ -50,6 +50,9 @@ def _records(uri: str) -> list[tuple[dict | None, str, str | None]]:
             except json.JSONDecodeError as exc:
                 out.append((None, line, f"not JSON ({exc.msg} at column {exc.colno})"))
                 continue
+            except RecursionError:   # `[[[[...` nested deeper than Python parses
+                out.append((None, line[:1000], "not JSON (nested too deep)"))
+                continue
             out.append((record, line, None) if isinstance(record, dict) else (None, line, "not a JSON object"))
         return out
     if uri.endswith(".csv"):
@@ -68,6 +71,7 @@ def _csv_records(fs, path: str, uri: str) -> list[tuple[dict | None, str, str | 
     import csv
 
     # utf-8-sig: spreadsheet exports start with a BOM that would otherwise become part of `url`
+    csv.field_size_limit(1 << 24)   # a 10 kB title is a title; 16 MB in one field is an error row
     with fs.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -76,7 +80,14 @@ def _csv_records(fs, path: str, uri: str) -> list[tuple[dict | None, str, str | 
                               f"column and one line per video")
         names = [h.strip() for h in header]
         out: list[tuple[dict | None, str, str | None]] = []
-        for fields in reader:
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:   # e.g. a field past the size limit: this line only
+                out.append((None, "", f"unreadable CSV line {reader.line_num}: {exc}"))
+                continue
             if not fields or not any(v.strip() for v in fields):
                 continue
             raw = ",".join(fields)

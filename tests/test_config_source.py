@@ -114,11 +114,12 @@ def test_source_rows_never_silently_dropped(tmp_path):
         json.dumps({"url": "https://youtu.be/dQw4w9WgXcQ"}),
         json.dumps({"url": "/videos/talk.mp4", "id": "my.talk"}),
         json.dumps([1, 2]),
+        "[" * 100_000 + "]" * 100_000,
     ]
     path = tmp_path / "src.jsonl"
     path.write_text("\n".join(lines) + "\n")
     rows = source.read_source(str(path))
-    assert [r["source_row"] for r in rows] == [0, 1, 2, 3, 4, 5]  # blank lines are not rows
+    assert [r["source_row"] for r in rows] == [0, 1, 2, 3, 4, 5, 6]  # blank lines are not rows
     assert rows[0]["id"] == "dQw4w9WgXcQ" and rows[0]["parse_error"] is None
     assert rows[1]["parse_error"].startswith("not JSON") and rows[1]["raw"] == '{"url": "broken'
     assert rows[2]["parse_error"] == "no url"
@@ -126,8 +127,9 @@ def test_source_rows_never_silently_dropped(tmp_path):
     assert rows[4]["id"].startswith("my_talk--") and "." not in rows[4]["id"]
     assert rows[4]["source_id"] == "my.talk"
     assert rows[5]["parse_error"] == "not a JSON object"
+    assert rows[6]["parse_error"] == "not JSON (nested too deep)"
     parts = source.split_parts(rows, 4)
-    assert [p.num_rows for p in parts] == [4, 2]
+    assert [p.num_rows for p in parts] == [4, 3]
     assert source.read_source(str(path), limit=2) == rows[:2]
 
 
@@ -153,6 +155,10 @@ def test_csv_lines_with_extra_or_missing_fields_are_rows(tmp_path):
     assert "1 fields where the header has 3" in rows[2]["parse_error"]
     assert rows[3]["parse_error"] is None and json.loads(rows[3]["raw"])["title"] == "D, the talk"
     assert len({r["id"] for r in rows}) == 4
+    huge = tmp_path / "huge.csv"
+    huge.write_text("url,title\n/a.mp4," + "t" * (1 << 24) + "x\n/b.mp4,B\n")
+    hrows = source.read_source(str(huge))
+    assert hrows[0]["parse_error"].startswith("unreadable CSV line") and hrows[1]["parse_error"] is None
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(config.ConfigError, match="is empty"):
         source.read_source(str(tmp_path / "empty.csv"))
