@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from pipeline import config as config_mod
 from pipeline import source as source_mod
 from pipeline.config import ConfigError, RunConfig
@@ -81,7 +83,14 @@ def write_source(store: RunStore, source_uri: str, cfg: RunConfig,
     """Write the source parts (redacted); `secrets` receives part -> {row id -> full url/captions}, the
     values the fetching stages need, kept in the driver's memory only."""
     found: dict[str, dict[str, str]] = {}
-    rows = source_mod.read_source(source_uri, cfg.run.limit, cfg.run.redact_params, found)
+    try:
+        rows = source_mod.read_source(source_uri, cfg.run.limit, cfg.run.redact_params, found)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"source {redact_url(source_uri, cfg.run.redact_params)} cannot be read as "
+                          f"{Path(source_uri.split('?')[0]).suffix or 'a source'}: "
+                          f"{redact_text(' '.join(str(exc).split())[:200], cfg.run.redact_params)}") from None
     if not rows:
         raise ConfigError(f"source {redact_url(source_uri, cfg.run.redact_params)} has no rows: give one "
                           f"video per line (JSONL), row "
