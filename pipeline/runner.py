@@ -135,11 +135,25 @@ def run(cfg: RunConfig, only: str | None = None, from_stage: str | None = None,
     source_uri = resolve_source(cfg)
     store = RunStore(cfg.run.dir if "://" in cfg.run.dir else str(Path(cfg.run.dir).resolve()))
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    if store.is_local:
+        _check_run_folder(Path(store.root), cfg.run.dir)
     take_lock(store, run_id)
     try:
         return _run_locked(cfg, stages, source_uri, store, run_id, only, from_stage, progress)
     finally:
         release_lock(store, run_id)
+
+
+def _check_run_folder(root: Path, given: str) -> None:
+    """A run folder we can create and write, before anything is written."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--run {given}: exists and is not a folder; name a folder for the run")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--run {given}: cannot create the run folder ({exc.strerror})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"--run {given}: the run folder is not writable")
 
 
 def take_lock(store: RunStore, run_id: str) -> None:

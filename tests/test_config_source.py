@@ -69,6 +69,9 @@ def test_cli_reports_config_errors_before_running(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     empty = cli("run", "pretrain", "--source", str(tmp_path / "empty.csv"), "--run", str(tmp_path / "r2"))
     assert empty.returncode == 2 and "is empty" in empty.stderr and "Traceback" not in empty.stderr
+    (tmp_path / "a_file").write_text("x")
+    not_dir = cli("run", "pretrain", "--run", str(tmp_path / "a_file"))
+    assert not_dir.returncode == 2 and "not a folder" in not_dir.stderr and "Traceback" not in not_dir.stderr
     (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
     broken = cli("run", "pretrain", "--source", str(tmp_path / "broken.parquet"), "--run", str(tmp_path / "r3"))
     assert broken.returncode == 2 and "cannot be read" in broken.stderr and "Traceback" not in broken.stderr

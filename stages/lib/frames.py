@@ -170,7 +170,7 @@ def frame_times(path: str, timeout: float = 60.0) -> tuple[float, float] | None:
     """(last frame time, frame interval) of the first video stream in seconds, from the container's
     stream duration and frame rate; None when unknown."""
     cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-           "stream=duration,avg_frame_rate,r_frame_rate:format=duration", "-of", "default=nw=1", path]
+           "stream=duration,avg_frame_rate,r_frame_rate:format=duration", "-of", "default=nw=1", "-i", path]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout
     except subprocess.TimeoutExpired:

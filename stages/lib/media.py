@@ -41,7 +41,8 @@ def require_binaries(*names: str) -> None:
 
 
 def probe(path_or_url: str, timeout: float = 60.0) -> MediaInfo:
-    cmd = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", path_or_url]
+    # `-i`: a path starting with `-` is an input, never an option
+    cmd = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", "-i", path_or_url]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -93,7 +94,7 @@ def _video_packet_span(path: str, timeout: float) -> tuple[float, float | None]:
     Times are on the file's timeline: minus the format's start time (MPEG-TS starts at ~1.4 s), as
     `ffmpeg -ss` and players count. `V` skips cover-art pictures."""
     cmd = ["ffprobe", "-v", "error", "-select_streams", "V:0",
-           "-show_entries", "packet=pts_time,duration_time:format=start_time", "-of", "csv", path]
+           "-show_entries", "packet=pts_time,duration_time:format=start_time", "-of", "csv", "-i", path]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
