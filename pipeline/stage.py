@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.redact import DEFAULT_PARAMS, redact_text, redact_url, secret_literals
 
@@ -251,3 +253,27 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def column_array(table: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
+    """Column `name` as one array of `type_` (all null when the table has no such column)."""
+    if name not in table.schema.names:
+        return pa.nulls(table.num_rows, type_)
+    column = table.column(name)
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column if column.type.equals(type_) else column.cast(type_)
+
+
+ROW, ORDINAL = "_row", "_ordinal"   # columnar stages' ordering columns: input row, rank within it
+
+
+def in_input_order(table: pa.Table) -> pa.Table:
+    """Rows by input row (`_row`), then by `_ordinal` where there is one; both columns dropped. Sorts
+    (a copy of every column) only when the rows are out of order."""
+    key = pc.multiply(table.column(ROW), 1 << 32)
+    if ORDINAL in table.schema.names:
+        key = pc.add(key, table.column(ORDINAL))
+    key = key.to_numpy()
+    if len(key) > 1 and not (np.diff(key) >= 0).all():
+        table = table.take(pa.array(np.argsort(key, kind="stable")))
+    return table.drop_columns([c for c in (ROW, ORDINAL) if c in table.schema.names])

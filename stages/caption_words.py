@@ -32,11 +32,10 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from manifests.schemas import CAPTION_WORDS
-from pipeline.stage import (DROPPED, OK, TRACEBACK, ColumnarStage, PartContext, Resources,
-                            error_from_exception, rows_to_table)
+from pipeline.stage import (DROPPED, OK, TRACEBACK, ColumnarStage, PartContext, Resources, column_array,
+                            ROW, error_from_exception, in_input_order, rows_to_table)
 from stages.lib.captions import FORMATS, CaptionReport, Cue, load_captions
 from stages.lib.media import within_media
 from stages.lib.words import CueArrays, cues_to_words, distinct_word_counts
@@ -96,12 +95,12 @@ class CaptionWords(ColumnarStage):
             try:
                 cues, report = read_captions(row, ctx)
             except Exception as exc:  # one bad file never stops a part
-                errors.append({**error_from_exception(row, exc), "_row": k, TRACEBACK: traceback.format_exc()})
+                errors.append({**error_from_exception(row, exc), ROW: k, TRACEBACK: traceback.format_exc()})
                 continue
             parsed.append(k)
             cue_lists.append(cues)
             reports.append(report)
-        pieces = [rows_to_table(errors, self.schema.append(pa.field("_row", pa.int64())))] if errors else []
+        pieces = [rows_to_table(errors, self.schema.append(pa.field(ROW, pa.int64())))] if errors else []
         try:
             pieces.append(self._words_table(table, parsed, cue_lists, reports))
         except Exception:
@@ -110,19 +109,19 @@ class CaptionWords(ColumnarStage):
                 try:
                     pieces.append(self._words_table(table, [k], [cues], [report]))
                 except Exception as exc:
-                    row = {**error_from_exception(rows[k], exc), "_row": k, TRACEBACK: traceback.format_exc()}
-                    pieces.append(rows_to_table([row], self.schema.append(pa.field("_row", pa.int64()))))
+                    row = {**error_from_exception(rows[k], exc), ROW: k, TRACEBACK: traceback.format_exc()}
+                    pieces.append(rows_to_table([row], self.schema.append(pa.field(ROW, pa.int64()))))
         if not pieces:
             return self.schema.empty_table()
         out = pa.concat_tables(pieces, promote_options="default")
-        return out.take(pc.sort_indices(out, [("_row", "ascending")])).drop_columns(["_row"])
+        return in_input_order(out)
 
     def _words_table(self, table: pa.Table, which: list[int], cue_lists: list[list[Cue]],
                      reports: list[CaptionReport]) -> pa.Table:
         cfg = self.config
         words = cues_to_words(CueArrays.from_cue_lists(cue_lists), cfg.use_inline_times)
         take = pa.array(which, type=pa.int64())
-        media_duration = _column(table, "media_duration", pa.float64()).take(take)
+        media_duration = column_array(table, "media_duration", pa.float64()).take(take)
         per_word = np.repeat(media_duration.to_numpy(zero_copy_only=False), words.counts())
         keep = within_media(words.start, words.end, per_word, cfg.media_tolerance_s)
         past = words.counts() - words.select(keep).counts()
@@ -152,17 +151,10 @@ class CaptionWords(ColumnarStage):
             "cues_dropped": pa.array([r.bad_time for r in reports], pa.int64()),
             "cues_unordered": pa.array([r.out_of_order for r in reports], pa.int64()),
             "bad_bytes": pa.array([r.bad_bytes for r in reports], pa.int64()),
-            "_row": take,
+            ROW: take,
         })
         return pa.table(columns)
 
 
 # input columns every output row carries unchanged
 PASSED_ON = ("id", "title", "category", "duration", "media_duration", "media_path", "captions_kind")
-
-
-def _column(table: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
-    if name not in table.schema.names:
-        return pa.nulls(table.num_rows, type_)
-    column = table.column(name)
-    return (column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column).cast(type_)

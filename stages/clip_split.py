@@ -39,8 +39,8 @@ import pyarrow.compute as pc
 
 from manifests.ids import clip_id
 from manifests.schemas import CLIP_SPLIT, WORDS
-from pipeline.stage import (DROPPED, ERROR, OK, TRACEBACK, ColumnarStage, PartContext, Resources, conform,
-                            error_from_exception)
+from pipeline.stage import (DROPPED, ERROR, OK, TRACEBACK, ColumnarStage, PartContext, Resources, column_array,
+                            ORDINAL, ROW, conform, error_from_exception, in_input_order)
 from stages.lib.clips import KEPT, MODES, NO_CLIPS, REASONS, ClipRules, previous_array, split_clips
 from stages.lib.words import WordArrays
 
@@ -80,7 +80,7 @@ class ClipSplit(ColumnarStage):
 
     def process_table(self, table: pa.Table, ctx: PartContext) -> pa.Table:
         """Columnar: word lists stay Arrow arrays from the input manifest to the output one."""
-        words = _word_lists(table)
+        words = column_array(table, "words", WORDS)
         bad = _unreadable(words)
         good = np.flatnonzero(~bad)
         pieces = [self._error_rows(table, np.flatnonzero(bad),
@@ -99,7 +99,7 @@ class ClipSplit(ColumnarStage):
                                                    traceback.format_exc()))
         pieces = [p for p in pieces if p.num_rows]
         out = pa.concat_tables(pieces, promote_options="default") if pieces else _empty(self.schema)
-        return _in_input_order(out)
+        return in_input_order(out)
 
     def _clip_rows(self, table: pa.Table, rows: np.ndarray, lists: pa.Array) -> pa.Table:
         """The candidate clips (and `no_clips` rows) of input rows `rows`, whose word lists are `lists`."""
@@ -122,21 +122,21 @@ class ClipSplit(ColumnarStage):
             "reason": pa.array(reasons, pa.string()), "clip_id": ids, "video_id": clip_videos,
             "start": pa.array(clips.start), "end": pa.array(clips.end), "words": clip_words,
             "previous": previous, "word_count": pa.array(count),
-            "span": pa.array(clips.span), "wps": wps, "_ordinal": pa.array(ordinal)})
+            "span": pa.array(clips.span), "wps": wps, ORDINAL: pa.array(ordinal)})
         empty = np.flatnonzero(np.diff(per_video) == 0)
         empty_ids = video_ids.take(pa.array(empty, type=pa.int64()))
         no_clips = _with_row_fields(table, rows[empty], {
             "id": empty_ids, "status": pa.array([DROPPED] * len(empty), pa.string()),
             "reason": pa.array([NO_CLIPS] * len(empty), pa.string()), "video_id": empty_ids,
             "word_count": pa.array(np.zeros(len(empty), dtype=np.int64)),
-            "_ordinal": pa.array(np.zeros(len(empty), dtype=np.int64))})
+            ORDINAL: pa.array(np.zeros(len(empty), dtype=np.int64))})
         return pa.concat_tables([_conform(clip_table, self.schema), _conform(no_clips, self.schema)])
 
     def _error_rows(self, table: pa.Table, rows: np.ndarray, reason: str, trace: str | None = None) -> pa.Table:
         ids = table.column("id").take(pa.array(rows, type=pa.int64()))
         columns = {"id": ids, "status": pa.array([ERROR] * len(rows), pa.string()),
                    "reason": pa.array([reason] * len(rows), pa.string()), "video_id": ids,
-                   "_ordinal": pa.array(np.zeros(len(rows), dtype=np.int64))}
+                   ORDINAL: pa.array(np.zeros(len(rows), dtype=np.int64))}
         out = _conform(_with_row_fields(table, rows, columns), self.schema)
         if trace:
             out = out.append_column(TRACEBACK, pa.array([trace] * len(rows), pa.string()))
@@ -144,12 +144,6 @@ class ClipSplit(ColumnarStage):
 
 
 ROW_FIELDS = ("title", "category", "media_path")
-
-
-def _word_lists(table: pa.Table) -> pa.Array:
-    column = table.column("words") if "words" in table.schema.names else pa.nulls(table.num_rows, WORDS)
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return column.cast(WORDS) if not column.type.equals(WORDS) else column
 
 
 def _unreadable(lists: pa.Array) -> np.ndarray:
@@ -190,14 +184,6 @@ def _word_ranges(lists: pa.Array, first: np.ndarray, stop: np.ndarray) -> pa.Arr
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values, type=WORDS)
 
 
-def _in_input_order(table: pa.Table) -> pa.Table:
-    """Rows by input row, then candidate order; `_row`/`_ordinal` dropped. Sorts only when needed."""
-    key = pc.add(pc.multiply(table.column("_row"), 1 << 32), table.column("_ordinal")).to_numpy()
-    if len(key) > 1 and not (np.diff(key) >= 0).all():
-        table = table.take(pa.array(np.argsort(key, kind="stable")))
-    return table.drop_columns(["_row", "_ordinal"])
-
-
 def _with_row_fields(table: pa.Table, rows: np.ndarray, columns: dict) -> pa.Table:
     """`columns` plus the fields every output row copies from its input row (title, ...) and `_row`."""
     take = pa.array(rows, type=pa.int64())
@@ -205,11 +191,11 @@ def _with_row_fields(table: pa.Table, rows: np.ndarray, columns: dict) -> pa.Tab
     for name in ROW_FIELDS:
         if name in table.schema.names:
             out[name] = table.column(name).take(take)
-    out["_row"] = take
+    out[ROW] = take
     return pa.table(out)
 
 
-ORDER = [pa.field("_row", pa.int64()), pa.field("_ordinal", pa.int64())]
+ORDER = [pa.field(ROW, pa.int64()), pa.field(ORDINAL, pa.int64())]
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
