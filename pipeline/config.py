@@ -190,4 +190,7 @@ def digest(*parts: Any) -> str:
 
 def stage_hash(stage: Stage) -> str:
     """Identity of a stage's work: its name, code version and whole config."""
-    return digest(stage.name, stage.version, dataclasses.asdict(stage.config))
+    fingerprint = stage.fingerprint()
+    if fingerprint is None:
+        return digest(stage.name, stage.version, dataclasses.asdict(stage.config))
+    return digest(stage.name, stage.version, dataclasses.asdict(stage.config), fingerprint)

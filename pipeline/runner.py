@@ -73,9 +73,23 @@ def prepare(cfg: RunConfig, only: str | None, from_stage: str | None) -> list[St
             raise
         except ValueError as exc:
             raise ConfigError(f"{stage.name}: {exc}") from None
+    check_columns(stages)
     if cfg.run.source:
         source_mod.check_source(cfg.run.source)
     return stages
+
+
+def check_columns(stages: list[Stage]) -> None:
+    """Each stage's input carries the columns it reads (a pass-through stage placed wrongly fails here)."""
+    from manifests.schemas import SOURCE as SOURCE_SCHEMA
+
+    schema, before = SOURCE_SCHEMA, SOURCE
+    for stage in stages:
+        missing = [c for c in stage.requires if c not in schema.names]
+        if missing:
+            raise ConfigError(f"{stage.name} reads {', '.join(missing)}, which {before} does not write: "
+                              f"put {stage.name} after a stage that does (see the stage's docstring)")
+        schema, before = stage.output_schema(schema), stage.name
 
 
 def write_source(store: RunStore, source_uri: str, cfg: RunConfig,
@@ -299,7 +313,7 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
                 result.failed.append((stage.name, part, "upstream part not done (run the stages before it)"))
                 return
             valid = (marker is not None and marker.get("chain") == chains[index]
-                     and marker.get("input_sha") == upstream_sha)
+                     and marker.get("input_sha") == upstream_sha and not marker.get("retry"))
             if valid and index not in forced:
                 result.skipped[stage.name] += 1
                 bars[index].update(1)
@@ -318,7 +332,8 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
         args = (store.uri, part, upstream, chains[index], output_sha(index - 1, part), run_id)
         # a task argument, never a file: only the stages that fetch see the full URLs
         redaction = {"redact_params": tuple(redact_params),
-                     "secrets": (secrets or {}).get(part, {}) if stage.needs_secrets else {}}
+                     "secrets": (secrets or {}).get(part, {}) if stage.needs_secrets else {},
+                     "env_secrets": {name: os.environ[name] for name in stage.secret_env() if name in os.environ}}
         if pools[index] is not None:
             actor = pools[index].take()
             ref = actor.run.remote(*args, **redaction)
@@ -386,19 +401,31 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
 
 class ActorPool:
     """The long-lived workers of a model stage: created on demand, reused part after part (the
-    model loads once per actor), and killed when idle so their resources go back to the cluster."""
+    model loads once per actor), and killed when idle so their resources go back to the cluster. An
+    actor runs up to `Resources.concurrency` parts at once."""
 
     def __init__(self, actor_class, stage: Stage) -> None:
         self.actor_class, self.stage = actor_class, stage
+        self.slots = max(1, stage.resources().concurrency)
+        self.load: dict = {}                          # actor -> parts it runs now
         self.idle: list[tuple[object, float]] = []   # (actor, idle since)
 
     def take(self):
-        if self.idle:
-            return self.idle.pop()[0]
-        return self.actor_class.options(**ray_options(self.stage.resources())).remote(self.stage)
+        busy = [a for a, n in self.load.items() if 0 < n < self.slots]
+        if busy:
+            actor = busy[0]
+        elif self.idle:
+            actor = self.idle.pop()[0]
+        else:
+            actor = self.actor_class.options(**ray_options(self.stage.resources())).remote(self.stage)
+        self.load[actor] = self.load.get(actor, 0) + 1
+        return actor
 
     def give_back(self, actor) -> None:
-        self.idle.append((actor, time.monotonic()))
+        self.load[actor] -= 1
+        if self.load[actor] == 0:
+            del self.load[actor]
+            self.idle.append((actor, time.monotonic()))
 
     def release(self, idle_for: float) -> None:
         import ray

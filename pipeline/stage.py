@@ -27,6 +27,7 @@ from pipeline.redact import DEFAULT_PARAMS, redact_text, redact_url, secret_lite
 
 OK, DROPPED, ERROR = "ok", "dropped", "error"
 STATUSES = (OK, DROPPED, ERROR)
+ROW_COLUMNS = ("id", "status", "reason")   # every manifest starts with them
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class Resources:
     max_parallel: int | None = None
     # Long-lived workers that load a model once in `setup` (Ray actors) instead of one task per part.
     actor: bool = False
+    # Parts one actor runs at once, in threads (I/O-bound stages whose worker holds one client, one
+    # rate limit and one cache for all its parts: prompt).
+    concurrency: int = 1
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class PartContext:
     secrets: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict, repr=False,
                                                                  compare=False)
     redact_params: tuple[str, ...] = dataclasses.field(default=DEFAULT_PARAMS, repr=False)
+    # Values of the environment variables the stage names in `secret_env` (API keys), read on the
+    # driver: workers on other nodes need not have them. Memory only; masked by `redact`.
+    env_secrets: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def full_value(self, row: dict, column: str) -> Any:
         """The value to fetch with: the full one the driver kept, else the row's own."""
@@ -61,8 +68,8 @@ class PartContext:
 
     @functools.cached_property
     def _literals(self) -> frozenset[str]:
-        return frozenset(s for values in self.secrets.values() for v in values.values()
-                         for s in secret_literals(v, self.redact_params))
+        return frozenset([s for values in self.secrets.values() for v in values.values()
+                          for s in secret_literals(v, self.redact_params)] + [v for v in self.env_secrets.values() if v])
 
     def redact(self, text: Any) -> Any:
         """`text` as it may be written: URLs redacted, this part's known secrets masked."""
@@ -125,12 +132,30 @@ class Stage:
     # Stages that fetch a row's url/captions get the full values (PartContext.secrets); the manifests
     # hold redacted ones.
     needs_secrets: ClassVar[bool] = False
+    # A pass-through stage (a filter that may sit after different stages: transcript_language, prompt)
+    # keeps every column of its input and adds the columns of its `schema`; see `output_schema`.
+    passthrough: ClassVar[bool] = False
+    # Input columns the stage reads: a profile that puts it after a stage not writing them fails
+    # before the run starts.
+    requires: ClassVar[tuple[str, ...]] = ()
+    # Reason codes of transient errors (rate limits, timeouts): a part holding such error rows is run
+    # again by the next run (its done-marker records them), so only those rows are redone.
+    retry_reasons: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: Any) -> None:
         self.config = config
 
     def resources(self) -> Resources:
         return Resources()
+
+    def fingerprint(self) -> Any:
+        """What decides the output besides the config (the content of files it names), or None; part
+        of the stage's identity, so editing such a file re-runs the stage."""
+        return None
+
+    def secret_env(self) -> tuple[str, ...]:
+        """Names of environment variables holding secrets the stage needs (PartContext.env_secrets)."""
+        return ()
 
     def check(self) -> None:
         """Validate configuration and environment before the run starts; raise ValueError with a
@@ -167,10 +192,28 @@ class Stage:
     def process_table(self, table: pa.Table, ctx: PartContext) -> pa.Table:
         """The part's `ok` input rows in, this stage's manifest out (schema columns, plus an optional
         `_traceback` column the engine moves to the error log)."""
-        return rows_to_table(self.process(table.to_pylist(), ctx), self.schema)
+        return rows_to_table(self.process(table.to_pylist(), ctx), self.output_schema(table.schema))
+
+    def output_schema(self, upstream: pa.Schema) -> pa.Schema:
+        """The manifest schema given the input's: `schema`, or for a pass-through stage the row
+        columns, then the input's other columns, then the stage's own."""
+        if not self.passthrough:
+            return self.schema
+        own = self.own_fields()
+        taken = set(ROW_COLUMNS) | {f.name for f in own}
+        carried = [f for f in upstream if f.name not in taken and not f.name.startswith("_")]
+        return pa.schema([self.schema.field(n) for n in ROW_COLUMNS] + carried + own)
+
+    def own_fields(self) -> list[pa.Field]:
+        """The columns a pass-through stage adds (its schema's, after the row columns)."""
+        return [f for f in self.schema if f.name not in ROW_COLUMNS]
 
     def score_columns(self) -> list[str]:
         """Numeric columns whose quantiles the summary shows (model scores)."""
+        return []
+
+    def total_columns(self) -> list[str]:
+        """Numeric columns whose sums the summary shows (requests, tokens, cost)."""
         return []
 
 

@@ -14,6 +14,7 @@ def summarize(store: RunStore) -> dict:
         done, rows_in, seconds = 0, 0, 0.0
         counts = {"ok": Counter(), "dropped": Counter(), "error": Counter()}
         scores: dict[str, list[float]] = {}
+        totals: Counter = Counter()
         for part in range(parts):
             marker = store.marker(name, part)
             if not marker:
@@ -25,6 +26,7 @@ def summarize(store: RunStore) -> dict:
                 counts[status].update(by_reason)
             for column, values in marker.get("scores", {}).items():
                 scores.setdefault(column, []).extend(values)
+            totals.update(marker.get("totals", {}))
         stages[name] = {
             "parts_done": done, "parts": parts, "rows_in": rows_in,
             "kept": sum(counts["ok"].values()),
@@ -32,6 +34,7 @@ def summarize(store: RunStore) -> dict:
             "errors": dict(counts["error"].most_common()),
             "seconds": round(seconds, 2),
             "score_quantiles": {c: quantiles(v) for c, v in scores.items()},
+            "totals": dict(totals),
         }
     return {"run_id": info.get("run_id"), "profile": info.get("profile"), "parts": parts, "stages": stages}
 
@@ -62,4 +65,7 @@ def format_summary(summary: dict) -> str:
             lines.append(f"{'':<4}errors:  {_reasons(s['errors'])}")
         for column, q in s.get("score_quantiles", {}).items():
             lines.append(f"{'':<4}{column}: " + " ".join(f"{k} {v:.3g}" for k, v in q.items()))
+        if s.get("totals"):
+            lines.append(f"{'':<4}totals:  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                        for k, v in s["totals"].items()))
     return "\n".join(lines)

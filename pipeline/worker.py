@@ -26,18 +26,20 @@ def check_fence(store: RunStore, run_id: str) -> None:
 
 def run_part(stage: Stage, run_uri: str, part: int, upstream: str, chain: str, input_sha: str,
              run_id: str, secrets: dict | None = None,
-             redact_params: tuple[str, ...] = DEFAULT_PARAMS) -> dict:
+             redact_params: tuple[str, ...] = DEFAULT_PARAMS, env_secrets: dict | None = None) -> dict:
     """`secrets`: the full url/captions of rows whose manifest values are redacted, for stages that
-    fetch (in memory only); `redact_params`: run.redact_params."""
+    fetch (in memory only); `redact_params`: run.redact_params; `env_secrets`: the driver's values of
+    the stage's `secret_env` variables."""
     started = time.time()
     store = RunStore(run_uri)
     table = store.read_manifest(upstream, part)
     if "status" in table.schema.names:
         table = table.filter(pc.equal(table.column("status"), OK))
-    ctx = PartContext(run_dir=run_uri, part=part, secrets=secrets or {}, redact_params=tuple(redact_params))
+    ctx = PartContext(run_dir=run_uri, part=part, secrets=secrets or {}, redact_params=tuple(redact_params),
+                      env_secrets=env_secrets or {})
     result = stage.process_table(table, ctx)
     result, tracebacks = _split_tracebacks(result)
-    result = _enforce_contract(conform(result, stage.schema))
+    result = _enforce_contract(conform(result, stage.output_schema(table.schema)))
     result, tracebacks = redact_columns(result, ctx), [ctx.redact(t) for t in tracebacks]
     if tracebacks:
         store.write_bytes(store.path("logs", "errors", stage.name, part_name(part) + ".log"),
@@ -50,10 +52,14 @@ def run_part(stage: Stage, run_uri: str, part: int, upstream: str, chain: str, i
         values = [v for v in result.column(column).to_pylist() if v is not None]
         if values:
             scores[column] = values
+    counts = status_counts(result)
     marker = {
         "stage": stage.name, "part": part, "chain": chain, "input_sha": input_sha,
         "output_sha": output_sha, "rows_in": table.num_rows, "rows_out": result.num_rows,
-        "counts": status_counts(result), "scores": scores, "seconds": round(time.time() - started, 3),
+        "counts": counts, "scores": scores, "seconds": round(time.time() - started, 3),
+        "totals": {c: pc.sum(result.column(c)).as_py() or 0 for c in stage.total_columns()},
+        # transient errors: the next run runs this part again (the runner reads this count)
+        "retry": sum(n for code, n in counts[ERROR].items() if code in stage.retry_reasons),
         "run_id": run_id, "finished_at": time.time(),
     }
     check_fence(store, run_id)
@@ -110,7 +116,7 @@ def redact_columns(table: pa.Table, ctx: PartContext) -> pa.Table:
         if name not in table.schema.names or not pa.types.is_string(table.schema.field(name).type):
             continue
         column = table.column(name)
-        if not ctx.secrets and not pc.any(pc.match_substring_regex(column, r"://|=|@")).as_py():
+        if not ctx.secrets and not ctx.env_secrets and not pc.any(pc.match_substring_regex(column, r"://|=|@")).as_py():
             continue
         values = pa.array([ctx.redact(v) for v in column.to_pylist()], type=pa.string())
         table = table.set_column(table.schema.get_field_index(name), name, values)
@@ -131,6 +137,6 @@ class StageActor:
 
 def run_task(stage: Stage, run_uri: str, part: int, upstream: str, chain: str, input_sha: str,
              run_id: str, **redaction) -> dict:
-    """`redaction`: run_part's `secrets` and `redact_params`."""
+    """`redaction`: run_part's `secrets`, `redact_params` and `env_secrets`."""
     stage.setup()
     return run_part(stage, run_uri, part, upstream, chain, input_sha, run_id, **redaction)

@@ -37,6 +37,10 @@ from pipeline.store import RunStore, part_name
 from stages.lib import media
 
 
+# Columns a sample carries when its manifest has them: what the prompt tasks wrote (SFT).
+OPTIONAL_FIELDS = ("query", "description")
+
+
 @dataclass(frozen=True)
 class Config:
     max_shard_bytes: int = 512 * 2**20
@@ -47,6 +51,9 @@ class Config:
     # long), so this only has to admit words that the word stages let end up to 0.5 s after the media
     # (asr.media_tolerance_s), plus a frame of a low-rate video.
     max_cut_shortfall_s: float = 0.75
+    # Manifest columns copied into each sample's JSON when present (the prompt tasks' outputs); add
+    # the columns of your own prompt tasks here.
+    fields: tuple[str, ...] = OPTIONAL_FIELDS
 
     def __post_init__(self) -> None:
         if self.max_shard_bytes < 1:
@@ -64,13 +71,14 @@ INDEX_SCHEMA = pa.schema([
 ])
 
 
-def sample_json(row: dict) -> bytes:
+def sample_json(row: dict, optional: tuple[str, ...] = OPTIONAL_FIELDS) -> bytes:
     record = {
         "clip_id": row["clip_id"], "video_id": row["video_id"],
         "video_start": row["start"], "video_end": row["end"],
         "title": row["title"], "category": row["category"], "previous": row["previous"],
         "words": [[w["start"], w["end"], w["word"]] for w in row["words"]],
     }
+    record.update({name: row[name] for name in optional if row.get(name) is not None})
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -177,7 +185,7 @@ class Shard(Stage):
                     self._check_length(row, duration)
                     data = video.read_bytes()
                     key = row["clip_id"]
-                    text = sample_json(row)
+                    text = sample_json(row, self.config.fields)
                     members = sample_members(key, [("json", text), ("mp4", data)])
                 except (media.MediaError, BadKey) as exc:
                     out.append(error(base, str(exc), video_duration=duration))

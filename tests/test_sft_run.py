@@ -55,8 +55,18 @@ def test_rows_per_status_and_reason(sft_run):
     heads = manifest(run_dir, "talking_head")
     assert set(heads.clip_id) == set(lm[lm.status == "ok"].clip_id)
     assert list(heads[heads.status == "dropped"].video_id) == ["talking_face"]
+    prompts = manifest(run_dir, "prompt")
+    assert sorted(prompts.clip_id) == sorted(heads[heads.status == "ok"].clip_id)
+    # the embedded model (llama.cpp, grammar from the reply schema): every clip gets a verdict, none a
+    # bad_reply; YES carries a query
+    assert set(zip(prompts.status, prompts.reason.fillna(""))) <= {("ok", ""), ("dropped", "prompt: NO")}
+    assert (prompts[prompts.status == "ok"].query.str.strip() != "").all()
+    assert (prompts.prompt_requests == 1).all() and (prompts.prompt_tokens > 0).all()
+    assert set(prompts.talking_head) <= set(heads.talking_head)   # pass-through keeps upstream columns
+    totals = result.summary["stages"]["prompt"]["totals"]
+    assert totals["prompt_requests"] == len(prompts) and totals["prompt_tokens"] == prompts.prompt_tokens.sum()
     shards = manifest(run_dir, "shard")
-    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(heads[heads.status == "ok"].clip_id)
+    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(prompts[prompts.status == "ok"].clip_id)
 
 
 def test_sft_clips_obey_the_rules(sft_run):
@@ -76,6 +86,21 @@ def test_sft_clips_obey_the_rules(sft_run):
         assert [w["word"] for w in video[first:first + len(words)]] == [w["word"] for w in words]
         if first:   # a clip starts at a sentence start: after . ? ! and with a capital letter
             assert video[first - 1]["word"].rstrip()[-1] in ".?!" and words[0]["word"][0].isupper()
+
+
+def test_samples_carry_their_query(sft_run):
+    import tarfile
+
+    run_dir, _ = sft_run
+    queries = manifest(run_dir, "prompt").set_index("clip_id").query
+    samples = {}
+    for tar in sorted((run_dir / "shards").glob("*.tar")):
+        with tarfile.open(tar) as f:
+            for member in f.getmembers():
+                if member.name.endswith(".json"):
+                    record = json.loads(f.extractfile(member).read())
+                    samples[record["clip_id"]] = record
+    assert samples and all(record["query"] == queries[clip] for clip, record in samples.items())
 
 
 def test_asr_transcribes_the_speech(sft_run, samples_dir):
