@@ -56,6 +56,8 @@ bench: setup-models
 	$(PY) -m bench.asr_rtf
 	$(PY) -m bench.lm_filter
 	$(PY) -m bench.talking_head
+	$(PY) -m bench.transcript_language
+	$(PY) -m bench.prompt
 
 clean:
 	rm -rf runs samples/build

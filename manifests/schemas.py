@@ -65,6 +65,14 @@ CAPTION_WORDS = pa.schema(ROW + [
     ("bad_bytes", pa.int64()),         # undecodable bytes dropped from the captions text
 ])
 
+# Own columns of transcript_language, a pass-through stage: its manifest is every column of the stage
+# before it (caption_words, asr, prompt...) plus these. Not `language`: caption/asr manifests carry one.
+TRANSCRIPT_LANGUAGE = [
+    ("transcript_language", pa.string()),         # top label of the language-ID model, ISO code (en)
+    ("transcript_language_score", pa.float64()),  # [0, 1]: the model's probability of that label
+    ("language_backend", pa.string()),            # fasttext | xlmr
+]
+
 SEGMENT = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])
 
 ASR = pa.schema(ROW + [
@@ -104,6 +112,18 @@ TALKING_HEAD = pa.schema(list(CLIP_SPLIT) + [
     pa.field("talking_head", pa.float64()),  # [0, 1]: share of frames with a large face (face) | P("Yes") (vlm)
     pa.field("th_frames", pa.int64()),       # frames scored
     pa.field("th_backend", pa.string()),     # face | vlm
+])
+
+# prompt (a pass-through stage: these follow the input's columns; each task adds its own string columns)
+PROMPT = pa.schema(ROW + [
+    ("prompt_verdict", pa.string()),      # the decision field's value (YES / NO)
+    ("prompt_model", pa.string()),        # the model that answered (as the endpoint names it)
+    ("prompt_requests", pa.int64()),      # HTTP requests sent this run for the row (0: all from the cache)
+    ("prompt_retries", pa.int64()),
+    ("prompt_cached", pa.int64()),        # answers read from the reply cache
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("prompt_cost_usd", pa.float64()),
 ])
 
 SHARD = pa.schema(ROW + [

@@ -294,7 +294,7 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
     per_stage_flight = [0] * len(stages)
     ready: list[tuple[int, int]] = []                   # (stage index, part)
     position: dict[int, int] = {}                       # part -> the stage it waits for or runs in
-    bars = [tqdm(total=parts, desc=f"{s.name:<16}", position=i, leave=True, disable=not progress,
+    bars = [tqdm(total=parts, desc=f"{s.name:<19}", position=i, leave=True, disable=not progress,
                  unit="part", dynamic_ncols=True) for i, s in enumerate(stages)]
 
     def output_sha(stage_index: int, part: int) -> str | None:

@@ -54,10 +54,10 @@ def _reasons(counts: dict[str, int]) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'stage':<16} {'parts':>9} {'in':>7} {'kept':>7} {'dropped':>8} {'errors':>7} {'seconds':>8}"]
+    lines = [f"{'stage':<19} {'parts':>9} {'in':>7} {'kept':>7} {'dropped':>8} {'errors':>7} {'seconds':>8}"]
     for name, s in summary["stages"].items():
         parts = f"{s['parts_done']}/{s['parts']}"
-        lines.append(f"{name:<16} {parts:>9} {s['rows_in']:>7} {s['kept']:>7} "
+        lines.append(f"{name:<19} {parts:>9} {s['rows_in']:>7} {s['kept']:>7} "
                      f"{sum(s['dropped'].values()):>8} {sum(s['errors'].values()):>7} {s['seconds']:>8.1f}")
         if s["dropped"]:
             lines.append(f"{'':<4}dropped: {_reasons(s['dropped'])}")

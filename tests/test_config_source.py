@@ -23,8 +23,8 @@ def test_profile_loads_with_overrides():
     assert isinstance(cfg.stage_configs["clip_split"].max_gap, float)
     assert cfg.run.part_size == 7
     assert cfg.stage_configs["metadata_filter"].languages == ("en", "fr")
-    assert cfg.stages == ("metadata_filter", "download", "caption_words", "clip_split", "lm_filter",
-                          "talking_head", "shard")
+    assert cfg.stages == ("metadata_filter", "download", "caption_words", "transcript_language", "clip_split",
+                          "lm_filter", "talking_head", "shard")
 
 
 @pytest.mark.parametrize("override, message", [

@@ -1,6 +1,6 @@
-"""The whole pretraining path on the sample corpus through Ray: rows per status/reason, clips that obey
-the rules, shards read back with webdataset whose videos decode and last their clip's span, and a
-threshold change that re-runs only clip_split and what follows it."""
+"""The whole pretraining path on the sample corpus through Ray: rows per status/reason, the transcript
+language check, clips that obey the rules, shards read back with webdataset whose videos decode and last
+their clip's span, and threshold changes that re-run only the changed stage and what follows it."""
 import io
 import json
 import subprocess
@@ -20,7 +20,12 @@ from tests.support.runs import manifest, reasons, run_pretrain
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["metadata_filter", "download", "caption_words", "clip_split", "lm_filter", "talking_head", "shard"]
+STAGES = ["metadata_filter", "download", "caption_words", "transcript_language", "clip_split", "lm_filter",
+          "talking_head", "shard"]
+# talk_slow's transcript is 48 unrelated nouns, one per cue: lid.176 gives it `en` ~0.82, under the
+# paper's 0.9, so transcript_language drops it before clip_split can (too_slow); the prose videos score
+# 0.95-0.99. test_language_threshold_redecides_from_cached_scores lets it through to clip_split.
+ENGLISH = {"talk_normal", "talk_gap", "talk_fast", "music_cues", "auto_captions", "talking_face"}
 KEPT_CLIPS = {"talk_normal": 1, "talk_gap": 2, "music_cues": 1, "auto_captions": 1, "talking_face": 1}
 SHARDED = sum(KEPT_CLIPS.values()) - 1     # talking_face: a man talking to the camera, dropped
 
@@ -44,11 +49,30 @@ def test_rows_per_status_and_reason(local_run):
     corrupt = pd.concat([manifest(run_dir, s) for s in ("metadata_filter", "download")]).set_index("id")
     assert corrupt.loc["corrupt", "status"] == "error"
     assert corrupt.loc["corrupt", "reason"].startswith("corrupt_media")
+    lang = manifest(run_dir, "transcript_language").set_index("id")
+    words = manifest(run_dir, "caption_words")
+    assert set(lang.index) == set(words[words.status == "ok"].id)
+    assert set(lang[lang.status == "ok"].index) == ENGLISH
+    english = lang.loc[sorted(ENGLISH)]
+    assert (english.transcript_language == "en").all() and (english.transcript_language_score >= 0.9).all()
+    assert (english.language_backend == "fasttext").all()
+    assert lang.loc["talk_slow", "status"] == "dropped"
+    assert lang.loc["talk_slow", "reason"].startswith("language_score: en 0.") and \
+        lang.loc["talk_slow", "reason"].endswith(" < 0.9")
+    # a pass-through: every caption_words column comes through unchanged (words, counts, metadata)
+    store = RunStore(str(run_dir))
+    passed = {r["id"]: r for r in store.read_stage("transcript_language").to_pylist()}
+    for row in store.read_stage("caption_words").to_pylist():
+        if row["id"] in ENGLISH:
+            assert {k: passed[row["id"]][k] for k in row} == row
     clips = manifest(run_dir, "clip_split")
     kept = clips[clips.status == "ok"]
     assert Counter(kept.video_id) == Counter(KEPT_CLIPS)
+    assert set(clips.video_id) == ENGLISH           # clip_split reads transcript_language's ok rows
+    for part in range(result.parts):                 # ... its manifest, part by part
+        assert store.marker("clip_split", part)["input_sha"] == store.marker("transcript_language", part)["output_sha"]
     verdict = clips.groupby("video_id").reason.first()
-    assert verdict["talk_slow"] == "too_slow" and verdict["talk_fast"] == "too_fast"
+    assert verdict["talk_fast"] == "too_fast"
     lm = manifest(run_dir, "lm_filter")
     assert set(lm.clip_id) == set(kept.clip_id) and (lm.status == "ok").all()
     assert lm.lm_loss.between(1.5, 6.5).all() and (lm.lm_tokens > 50).all()
@@ -60,13 +84,15 @@ def test_rows_per_status_and_reason(local_run):
     assert sorted(shards[shards.status == "ok"].clip_id) == sorted(heads[heads.status == "ok"].clip_id)
     # every source row is accounted for exactly once at the stage that decided it
     decided = set()
-    for stage in STAGES[:3]:
+    for stage in STAGES[:4]:
         df = manifest(run_dir, stage)
         decided |= set(df[df.status != "ok"].id)
     assert decided | set(clips.video_id) == set(manifest(run_dir, "metadata_filter").id)
     summary = result.summary["stages"]
     assert summary["shard"]["kept"] == SHARDED
     assert summary["metadata_filter"]["errors"]["malformed_row"] == 2
+    assert summary["transcript_language"]["dropped"] == {"language_score": 1}
+    assert summary["transcript_language"]["score_quantiles"]["transcript_language_score"]["min"] < 0.9
 
 
 def test_clips_obey_the_rules(local_run):
@@ -128,7 +154,7 @@ def test_threshold_change_reruns_only_clip_split_and_after(local_run, tmp_path, 
     before = {s: [store.marker(s, p)["run_id"] for p in range(first.parts)] for s in STAGES}
     result = run_pretrain(run_dir, samples_dir / "source.jsonl", "clip_split.min_span=50")
     assert result.ok
-    assert {s: result.ran[s] for s in STAGES[:3]} == {s: 0 for s in STAGES[:3]}
+    assert {s: result.ran[s] for s in STAGES[:4]} == {s: 0 for s in STAGES[:4]}
     assert result.ran["clip_split"] == first.parts
     after = {s: [store.marker(s, p)["run_id"] for p in range(first.parts)] for s in STAGES}
     assert after["download"] == before["download"] and after["caption_words"] == before["caption_words"]
@@ -157,6 +183,27 @@ def test_threshold_change_reruns_only_clip_split_and_after(local_run, tmp_path, 
     assert follow.ran["lm_filter"] == follow.ran["shard"] == first.parts
     assert {p: p.stat().st_mtime_ns for p in scores} == scores
     assert follow.summary["stages"]["shard"]["kept"] == SHARDED - 1
+
+
+def test_language_threshold_redecides_from_cached_scores(local_run, samples_dir):
+    """min_score 0.8: transcript_language re-decides every part from its stored scores (none is computed,
+    the cache files stay as they are) and talk_slow reaches clip_split, which drops it as too slow."""
+    run_dir, first = local_run
+    cache = {p: p.stat().st_mtime_ns for p in (run_dir / "transcript_language").rglob("_scores/*/*")}
+    assert cache    # one file per part that had a transcript to score
+    result = run_pretrain(run_dir, samples_dir / "source.jsonl", "transcript_language.min_score=0.8")
+    assert result.ok, result.failed
+    assert {s: result.ran[s] for s in STAGES[:3]} == {s: 0 for s in STAGES[:3]}
+    assert result.ran["transcript_language"] == first.parts
+    assert {p: p.stat().st_mtime_ns for p in (run_dir / "transcript_language").rglob("_scores/*/*")} == cache
+    lang = manifest(run_dir, "transcript_language").set_index("id")
+    assert set(lang[lang.status == "ok"].index) == ENGLISH | {"talk_slow"}
+    assert 0.8 <= lang.loc["talk_slow", "transcript_language_score"] < 0.9
+    clips = manifest(run_dir, "clip_split")
+    verdict = clips.groupby("video_id").reason.first()
+    assert verdict["talk_slow"] == "too_slow" and verdict["talk_fast"] == "too_fast"
+    assert Counter(clips[clips.status == "ok"].video_id) == Counter(KEPT_CLIPS)
+    assert result.summary["stages"]["shard"]["kept"] == SHARDED
 
 
 def test_http_source_through_ytdlp(tmp_path, samples_dir, ray_local):
@@ -188,10 +235,12 @@ def test_status_and_inspect_commands(local_run):
     lines = {line.split()[0]: line.split() for line in status.splitlines() if line and not line.startswith(" ")}
     assert lines["shard"][1] == f"{len(list((run_dir / 'shard').glob('_*.done')))}/" \
         f"{len(list((run_dir / 'source').glob('_*.done')))}"
-    assert "too_slow 1" in status and "malformed_row 2" in status and "talking_head: min" in status
+    assert "too_fast 1" in status and "malformed_row 2" in status and "talking_head: min" in status
+    assert "transcript_language_score: min" in status
     shown = cli("inspect", str(run_dir), "clip_split", "--status", "dropped", "--rows", "20")
     assert "words: list<element: struct<start: double, end: double, word: string>>" in shown
-    assert "too_slow" in shown and "talk_slow" in shown   # (the run may carry min_span=45 by now)
+    # (the run may carry min_span=45 or transcript_language.min_score=0.8 by now)
+    assert "too_fast" in shown and "talk_fast" in shown
     source = subprocess.run([sys.executable, "-m", "pipeline", "inspect", str(run_dir), "source", "--status",
                              "dropped"], capture_output=True, text=True, timeout=120)
     assert source.returncode == 2 and "no status column" in source.stderr and "Traceback" not in source.stderr

@@ -19,7 +19,8 @@ from tests.support.runs import canonical_manifests, manifest, shard_digests
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["metadata_filter", "download", "caption_words", "clip_split", "lm_filter", "talking_head", "shard"]
+STAGES = ["metadata_filter", "download", "caption_words", "transcript_language", "clip_split", "lm_filter",
+          "talking_head", "shard"]
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
 
 

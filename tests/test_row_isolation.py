@@ -15,7 +15,7 @@ from pipeline.store import RunStore
 from tests.support.runs import manifest, run_pretrain
 
 PROFILE = """\
-stages: [metadata_filter, download, caption_words, clip_split, shard]
+stages: [metadata_filter, download, caption_words, transcript_language, clip_split, shard]
 run: {part_size: 3}
 metadata_filter: {fill_missing: false}
 download: {concurrency: 2}
@@ -92,7 +92,7 @@ def test_every_poisonous_row_is_accounted_for(poisoned_run):
     source = manifest(run_dir, "source")
     assert len(source) == 3 * len(poisons)
     decided: dict[str, tuple[str, str]] = {}
-    for stage in ("metadata_filter", "download", "caption_words", "clip_split", "shard"):
+    for stage in ("metadata_filter", "download", "caption_words", "transcript_language", "clip_split", "shard"):
         df = manifest(run_dir, stage)
         key = "video_id" if "video_id" in df.columns else "id"
         for vid, status, reason in zip(df[key], df.status, df.reason):

@@ -65,8 +65,13 @@ def test_rows_per_status_and_reason(sft_run):
     assert set(prompts.talking_head) <= set(heads.talking_head)   # pass-through keeps upstream columns
     totals = result.summary["stages"]["prompt"]["totals"]
     assert totals["prompt_requests"] == len(prompts) and totals["prompt_tokens"] == prompts.prompt_tokens.sum()
+    english = manifest(run_dir, "transcript_language")
+    assert sorted(english.clip_id) == sorted(prompts[prompts.status == "ok"].clip_id)
+    assert (english.transcript_language == "en").all() and (english.transcript_language_score >= 0.9).all()
+    kept = prompts[prompts.status == "ok"].set_index("clip_id")
+    assert (english.set_index("clip_id").query == kept.query.loc[english.clip_id]).all()   # carried through
     shards = manifest(run_dir, "shard")
-    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(prompts[prompts.status == "ok"].clip_id)
+    assert sorted(shards[shards.status == "ok"].clip_id) == sorted(english[english.status == "ok"].clip_id)
 
 
 def test_sft_clips_obey_the_rules(sft_run):
@@ -92,7 +97,7 @@ def test_samples_carry_their_query(sft_run):
     import tarfile
 
     run_dir, _ = sft_run
-    queries = manifest(run_dir, "prompt").set_index("clip_id").query
+    queries = manifest(run_dir, "transcript_language").set_index("clip_id").query
     samples = {}
     for tar in sorted((run_dir / "shards").glob("*.tar")):
         with tarfile.open(tar) as f:
