@@ -41,7 +41,7 @@ import pyarrow as pa
 
 from manifests.schemas import PROMPT
 from pipeline.config import digest
-from pipeline.stage import ROW_COLUMNS, PartContext, Resources, Stage, dropped, error, ok, rows_to_table
+from pipeline.stage import PartContext, Resources, Stage, dropped, error, ok, rows_to_table
 from pipeline.store import RunStore
 from stages.lib import llm_backends, lm, prompt_tasks
 from stages.lib.prompt_client import Answer, PromptClient, answer_from_cache, local_model

@@ -1,7 +1,6 @@
 """The whole pretraining path on the sample corpus through Ray: rows per status/reason, the transcript
 language check, clips that obey the rules, shards read back with webdataset whose videos decode and last
 their clip's span, and threshold changes that re-run only the changed stage and what follows it."""
-import io
 import json
 import subprocess
 import tempfile

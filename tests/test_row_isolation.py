@@ -11,7 +11,6 @@ import webdataset as wds
 
 from manifests.schemas import METADATA_FILTER
 from pipeline.stage import rows_to_table
-from pipeline.store import RunStore
 from tests.support.runs import manifest, run_pretrain
 
 PROFILE = """\

@@ -112,14 +112,14 @@ class PromptClient:
         return self._answer(task, key, reply, sent, cache)
 
     def _answer(self, task: Task, key: str, reply: Reply, sent: int, cache: ReplyCache) -> Answer:
-        text = self._clean(reply.text)
-        cache.add({"key": key, "task": task.name, "backend": self.config.backend,
-                   "model": reply.model or self.config.model, "text": text, "problem": reply.problem,
-                   "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens})
-        answer = parse_answer(task, text, reply.problem)
+        text, problem, model = (self._clean(v) for v in (reply.text, reply.problem, reply.model or self.config.model))
+        cache.add({"key": key, "task": task.name, "backend": self.config.backend, "model": model, "text": text,
+                   "problem": problem, "prompt_tokens": reply.prompt_tokens,
+                   "completion_tokens": reply.completion_tokens})
+        answer = parse_answer(task, text, problem)
         answer.requests = sent
         answer.prompt_tokens, answer.completion_tokens = reply.prompt_tokens, reply.completion_tokens
-        answer.model = reply.model or self.config.model
+        answer.model = model
         return answer
 
     def _clean(self, text: str | None) -> str | None:

@@ -56,10 +56,10 @@ class Task:
         return hashlib.sha256(json.dumps([self.template, self.reply_schema], sort_keys=True).encode()).hexdigest()[:16]
 
     def render(self, row: Mapping[str, Any]) -> str:
-        values = {"asr": transcript(row.get("words")), "timed_asr": timed_transcript(row),
-                  "title": str(row.get("title") or ""), "category": str(row.get("category") or ""),
-                  "duration": f"{_span(row):.0f}"}
-        return re.sub(r"\{(" + "|".join(PLACEHOLDERS) + r")\}", lambda m: values[m.group(1)], self.template)
+        values = {"asr": lambda: transcript(row.get("words")), "timed_asr": lambda: timed_transcript(row),
+                  "title": lambda: str(row.get("title") or ""), "category": lambda: str(row.get("category") or ""),
+                  "duration": lambda: f"{_span(row):.0f}"}
+        return re.sub(r"\{(" + "|".join(PLACEHOLDERS) + r")\}", lambda m: values[m.group(1)](), self.template)
 
     def parse(self, text: str | None) -> tuple[bool | None, dict[str, str]]:
         """(keep: True/False, or None for a task without decision; {column: value}) or BadReply."""

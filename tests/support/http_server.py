@@ -16,9 +16,11 @@ import re
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from fixtures.loopback import LoopbackHTTP, QuietServer
 
 CONTENT_TYPES = {
     ".mp4": "video/mp4",
@@ -39,7 +41,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: QuietServer
     protocol_version = "HTTP/1.1"
     server_version = "LoopbackServer/1.0"
     sys_version = ""
@@ -147,17 +149,10 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    owner: "LoopbackServer"
-
-    def handle_error(self, request, client_address):  # client went away: not our problem
-        pass
-
-
-class LoopbackServer:
+class LoopbackServer(LoopbackHTTP):
     """Serve `root` on http://127.0.0.1:PORT (port 0: the OS picks one). A context manager."""
+
+    handler, name = _Handler, "LoopbackServer"
 
     def __init__(self, root: str | Path, delay_s: float = 0.0, fail_first: dict[str, int] | None = None,
                  status_for: dict[str, int] | None = None, port: int = 0,
@@ -168,7 +163,7 @@ class LoopbackServer:
         self.delay_s = float(delay_s)
         self.fail_first = dict(fail_first or {})
         self.status_for = dict(status_for or {})
-        self.port = port
+        super().__init__(port)
         self.throttle = dict(throttle or {})   # path -> (429 answers, Retry-After value)
         self.requests: list[str] = []
         self.times: list[tuple[str, float]] = []
@@ -176,44 +171,9 @@ class LoopbackServer:
         self.auth: list[tuple[str, str | None]] = []
         self._lock = threading.Lock()
         self._failures: dict[str, int] = {}
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def base_url(self) -> str:
-        if self._httpd is None:
-            raise RuntimeError("LoopbackServer is not started")
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
-
-    def start(self) -> "LoopbackServer":
-        if self._httpd is not None:
-            return self
-        httpd = _Server(("127.0.0.1", self.port), _Handler)
-        httpd.owner = self
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="LoopbackServer", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        httpd.shutdown()
-        httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> "LoopbackServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------
     def count(self, path: str) -> int:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -47,3 +49,15 @@ def canonical_manifests(run_dir: Path, stages: list[str]) -> dict[str, list[dict
 def shard_digests(run_dir: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted((run_dir / "shards").glob("*")) if p.suffix in (".tar", ".parquet")}
+
+
+def shard_samples(run_dir: Path) -> dict[str, dict]:
+    """clip id -> the sample JSON of every clip in the run's WebDataset tars."""
+    samples = {}
+    for tar in sorted((run_dir / "shards").glob("*.tar")):
+        with tarfile.open(tar) as f:
+            for member in f.getmembers():
+                if member.name.endswith(".json"):
+                    record = json.loads(f.extractfile(member).read())
+                    samples[record["clip_id"]] = record
+    return samples
