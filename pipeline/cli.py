@@ -1,4 +1,4 @@
-"""`python -m pipeline run|status|inspect`: the command line. Heavy imports happen per command."""
+"""`python -m pipeline run|status|inspect|export`: the command line. Heavy imports happen per command."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("stage")
     inspect.add_argument("--rows", type=int, default=5)
     inspect.add_argument("--status", choices=["ok", "dropped", "error"], help="show rows of this status")
+
+    export = sub.add_parser("export", help="the run's kept clips in another format (livecc: LiveCC's JSONL)")
+    export.add_argument("run_dir")
+    export.add_argument("out", help="the file to write, e.g. sft.jsonl")
+    export.add_argument("--format", choices=["livecc"], default="livecc")
+    export.add_argument("--relative", action="store_true",
+                        help="video paths relative to the run folder (default: absolute)")
     return parser
 
 
@@ -42,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "status":
             return _status(args.run_dir)
+        if args.command == "export":
+            return _export(args)
         return _inspect(args.run_dir, args.stage, args.rows, args.status)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -69,6 +78,14 @@ def _run(args: argparse.Namespace) -> int:
     for stage, part, message in result.failed:
         print(f"FAILED {stage} part {part}: {message}", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.livecc_jsonl import export_livecc
+
+    result = export_livecc(args.run_dir, args.out, relative=args.relative)
+    print(f"{result.rows} clips of {args.run_dir} ({result.clips_stage}) -> {result.path}")
+    return 0
 
 
 def _status(run_dir: str) -> int:

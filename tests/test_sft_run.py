@@ -144,3 +144,25 @@ def test_sigkill_mid_asr_then_resume(tmp_path, samples_dir):
     assert set(asr.id) == set(download[download.status == "ok"].id)
     clips = manifest(run_dir, "clip_split")
     assert Counter(clips[clips.status == "ok"].video_id) == Counter(KEPT_CLIPS)
+
+
+def test_export_livecc_jsonl_of_the_sft_run(sft_run, tmp_path):
+    from training.livecc_jsonl import LiveCCJsonl, export_livecc
+
+    run_dir, _ = sft_run
+    export_livecc(str(run_dir), str(tmp_path / "sft.jsonl"))
+    shards = manifest(run_dir, "shard")
+    final = manifest(run_dir, "transcript_language").set_index("clip_id")
+    conversations = list(LiveCCJsonl(str(tmp_path / "sft.jsonl")))
+    assert len(conversations) == (shards.status == "ok").sum() > 0
+    seen = set()
+    for user, assistant in conversations:
+        video, text = user["content"]
+        stream = assistant["content"][0]["text_stream"]
+        clip = final[(final.media_path == str(Path(video["video"]).relative_to(run_dir)))
+                     & (final.start == video["video_start"])].iloc[0]
+        seen.add(clip.name)
+        assert Path(video["video"]).is_file() and video["video_end"] == clip.end
+        assert text["text"] == clip["query"] and text["title"] == clip.title
+        assert stream == [[w["start"], w["end"], w["word"]] for w in clip.words]
+    assert seen == set(shards[shards.status == "ok"].clip_id)

@@ -1,0 +1,2 @@
+"""The training side: from a run's clips to what a model trains on (LiveCC JSONL export, packers,
+loaders)."""
