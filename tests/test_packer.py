@@ -5,25 +5,11 @@ import pytest
 from training import vision
 from training.interleave import sample_frames
 from training.packer import IGNORE, ChatPieces, pack
-
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"]
-
+from tests.support.tokenizers import tiny_qwen_tokenizer
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """A small byte-level BPE with Qwen2-VL's special tokens, built offline (the real Qwen2 tokenizer is
-    not on this machine's package registry)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = ["Time=0.0-3.0s the striker shoots and scores ...", "You are a helpful assistant.",
-              "system user assistant Comment on the match as it happens."] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=SPECIAL)
+    return tiny_qwen_tokenizer()
 
 
 def clip(seconds: float = 9.0):

@@ -166,3 +166,34 @@ def test_export_livecc_jsonl_of_the_sft_run(sft_run, tmp_path):
         assert text["text"] == clip["query"] and text["title"] == clip.title
         assert stream == [[w["start"], w["end"], w["word"]] for w in clip.words]
     assert seen == set(shards[shards.status == "ok"].clip_id)
+
+
+def test_round_trip_run_export_jsonl_frames_packer(sft_run, tmp_path):
+    """The sample run -> LiveCC JSONL -> read back by offsets -> 2 fps frames -> packed tokens whose
+    text shows the Time= turns and every word in order, and whose labels cover the assistant turns."""
+    from tests.support.tokenizers import tiny_qwen_tokenizer
+    from training.frames import read_clip
+    from training.interleave import context_text
+    from training.livecc_jsonl import LiveCCJsonl, export_livecc
+    from training.packer import IGNORE, ChatPieces, pack
+
+    run_dir, _ = sft_run
+    export_livecc(str(run_dir), str(tmp_path / "sft.jsonl"))
+    data = LiveCCJsonl(str(tmp_path / "sft.jsonl"))
+    tokenizer = tiny_qwen_tokenizer()
+    pieces = ChatPieces(tokenizer)
+    user, assistant = data[len(data) - 1]
+    video, text = user["content"]
+    stream = assistant["content"][0]["text_stream"]
+    frames, times = read_clip(video["video"], video["video_start"], video["video_end"])
+    assert times[0] >= video["video_start"] and len(frames) % 2 == 0
+    assert len(frames) == pytest.approx((times[-1] - times[0]) * 2 + 1, abs=2)
+    packed = pack(stream, frames, times, pieces, context_text(text["text"], text["title"], text["previous"], True))
+    decoded = tokenizer.decode(packed.input_ids)
+    assert decoded.count("Time=") == len(packed.steps) and "Time=0.0-3.0s" in decoded
+    assert "Time=3.0-4.0s" in decoded
+    trained = tokenizer.decode(packed.input_ids[packed.labels != IGNORE])
+    turns = trained.split("<|im_end|>")
+    assert turns[-1] == "" and all(t.endswith(" ...") for t in turns[:-1])
+    assert " ".join(t[:-len(" ...")] for t in turns[:-1]).split() == [w.strip() for _, _, w in stream]
+    assert (packed.labels[packed.labels != IGNORE] == packed.input_ids[packed.labels != IGNORE]).all()

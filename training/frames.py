@@ -1,0 +1,47 @@
+"""A clip's frames at exactly 2 fps, decoded with PyAV (the `av` wheel faster-whisper brings).
+
+The rule is interleave.sample_frames' (LIVECC_SPEC section 8): targets first, first + 0.5, ... where
+`first` is the timestamp of the first frame at or after `start`, up to the last frame at or before `end`;
+each target takes the first frame at or after it; at most 480; the count padded to even. Frames are
+decoded once, in order, after one seek, and only the chosen ones are converted to RGB arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from training.interleave import FPS, FRAME_FACTOR, MAX_FRAMES
+
+
+def read_clip(path: str, start: float, end: float, fps: float = FPS,
+              max_frames: int = MAX_FRAMES) -> tuple[list[np.ndarray], list[float]]:
+    """(uint8 RGB frames, their timestamps in seconds of the media) of the clip [start, end]."""
+    import av
+
+    frames: list[np.ndarray] = []
+    times: list[float] = []
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if start > 0 and stream.time_base is not None:
+            container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
+        target = None
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            t = float(frame.pts * stream.time_base)
+            if t < start - 1e-6:
+                continue
+            if t > end + 1e-6 or len(times) >= max_frames:
+                break
+            if target is None:
+                target = t
+            image = None
+            while target <= t + 1e-6 and len(times) < max_frames:
+                image = frame.to_ndarray(format="rgb24") if image is None else image
+                frames.append(image)
+                times.append(t)
+                target = times[0] + len(times) / fps
+    while frames and len(frames) % FRAME_FACTOR:
+        frames.append(frames[-1])
+        times.append(times[-1])
+    return frames, times
