@@ -198,3 +198,26 @@ def test_round_trip_run_export_jsonl_frames_packer(sft_run, tmp_path):
     assert turns[-1] == "" and all(t.endswith(" ...") for t in turns[:-1])
     assert " ".join(t[:-len(" ...")] for t in turns[:-1]).split() == [w.strip() for _, _, w in stream]
     assert (packed.labels[packed.labels != IGNORE] == packed.input_ids[packed.labels != IGNORE]).all()
+
+
+def test_the_loader_reads_the_shards_by_their_index(sft_run):
+    """Shard samples through the streaming loader's references: each the tar's own member bytes."""
+    import tarfile
+
+    from training.loader import ClipStream, read_ref, shard_refs
+
+    run_dir, _ = sft_run
+    refs = shard_refs(str(run_dir / "shards"))
+    expected = {}
+    for tar in sorted((run_dir / "shards").glob("*.tar")):
+        with tarfile.open(tar) as f:
+            for member in f.getmembers():
+                key, _, ext = member.name.partition(".")
+                expected.setdefault(key, {})[ext] = f.extractfile(member).read()
+    assert len(refs) == len(expected) == (manifest(run_dir, "shard").status == "ok").sum()
+    for ref in refs:
+        sample = read_ref(ref)
+        key = sample.pop("__key__").decode()
+        assert sample == expected[key] and json.loads(sample["json"])["clip_id"] == key
+    stream = ClipStream(refs, lambda s: {"key": s["__key__"], "input_ids": [0]}, batch_size=2)
+    assert sorted(x["key"].decode() for b in stream for x in b["samples"]) == sorted(expected)

@@ -1,7 +1,8 @@
 """A streaming, resumable PyTorch `IterableDataset` of training samples.
 
-Items are references (a LiveCC JSONL file and a row's byte offset) until they are used, so splitting,
-shuffling and skipping never read a video:
+Items are references until they are used (a LiveCC JSONL file and a row's byte offset; a shard tar and
+a sample's offset in it, from the Parquet index beside the tar), so splitting, shuffling and skipping
+never read a video:
 - split: rank `r` of `world_size` takes every world_size-th reference, and DataLoader worker `w` of `W`
   every W-th of those;
 - shuffle: a seeded buffer of `shuffle_buffer` references per worker (seed, epoch, rank, worker);
@@ -28,12 +29,55 @@ def jsonl_refs(paths: Sequence[str]) -> list[Ref]:
 
 
 def read_ref(ref: Ref) -> Any:
+    """A LiveCC JSONL row (a conversation), or a shard sample ({extension: bytes}) for a `.tar`."""
     import json
 
+    import fsspec
+
     path, offset = ref
-    with open(path, "rb") as f:
+    with fsspec.open(path, "rb") as f:
         f.seek(offset)
+        if path.endswith(".tar"):
+            return read_tar_sample(f)
         return json.loads(f.readline())
+
+
+def shard_refs(shards_dir: str) -> list[Ref]:
+    """Every sample of a run's shards (`RUN/shards`, local or any fsspec URL), tar by tar, from their
+    Parquet indexes (key, offset)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(shards_dir)
+    protocol = "" if "://" not in shards_dir else shards_dir.split("://", 1)[0] + "://"
+    refs: list[Ref] = []
+    for index in sorted(fs.glob(f"{root.rstrip('/')}/*.parquet")):
+        with fs.open(index, "rb") as f:
+            offsets = pq.read_table(f, columns=["offset"]).column("offset").to_pylist()
+        refs.extend((protocol + index[:-len(".parquet")] + ".tar", offset) for offset in offsets)
+    return refs
+
+
+def read_tar_sample(f: Any) -> dict[str, bytes]:
+    """The members of the sample whose first header is at the file's position: {extension: bytes}."""
+    import tarfile
+
+    sample: dict[str, bytes] = {}
+    key = None
+    while True:
+        header = f.read(tarfile.BLOCKSIZE)
+        if len(header) < tarfile.BLOCKSIZE or header == tarfile.NUL * tarfile.BLOCKSIZE:
+            break
+        info = tarfile.TarInfo.frombuf(header, "ascii", "strict")
+        name_key, _, extension = info.name.partition(".")
+        if key is not None and name_key != key:
+            break
+        key = name_key
+        sample[extension] = f.read(info.size)
+        f.read(-info.size % tarfile.BLOCKSIZE)
+    if not sample:
+        raise ValueError("no tar member at this offset")
+    return {"__key__": key.encode(), **sample}
 
 
 def shuffled(items: Sequence[Ref], buffer: int, rng: random.Random) -> Iterator[Ref]:
