@@ -19,6 +19,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
+# a PyTorch dataset: this module is imported by training code only, never by the pipeline's CLI
+from torch.utils.data import IterableDataset
+
 from training.livecc_jsonl import read_offsets
 
 Ref = tuple[str, int]
@@ -117,13 +120,7 @@ class StreamState:
                    consumed={int(k): v for k, v in state["consumed"].items()})
 
 
-def _torch_iterable():
-    from torch.utils.data import IterableDataset
-
-    return IterableDataset
-
-
-class ClipStream(_torch_iterable()):
+class ClipStream(IterableDataset):
     def __init__(self, refs: Sequence[Ref], load: Callable[[Any], dict], *, workers: int = 1, rank: int = 0,
                  world_size: int = 1, seed: int = 0, shuffle_buffer: int = 0, max_tokens: int | None = None,
                  batch_size: int | None = None, tokens: Callable[[dict], int] = lambda s: len(s["input_ids"]),
