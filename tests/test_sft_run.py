@@ -221,3 +221,41 @@ def test_the_loader_reads_the_shards_by_their_index(sft_run):
         assert sample == expected[key] and json.loads(sample["json"])["clip_id"] == key
     stream = ClipStream(refs, lambda s: {"key": s["__key__"], "input_ids": [0]}, batch_size=2)
     assert sorted(x["key"].decode() for b in stream for x in b["samples"]) == sorted(expected)
+
+
+def test_shard_samples_and_jsonl_rows_pack_alike_into_one_batch(sft_run, tmp_path):
+    """A clip packed from its shard (the cut mp4, times shifted by video_start) and from the LiveCC JSONL
+    row (the source video) gives the same steps and words; a collated batch is consistent."""
+    from training.batches import collate, packing
+    from training.livecc_jsonl import LiveCCJsonl, export_livecc
+    from training.loader import ClipStream, read_ref, shard_refs
+    from training.packer import IGNORE, ChatPieces
+    from training.tokenizer import load_tokenizer
+    from training.vision import tokens_per_video
+
+    run_dir, _ = sft_run
+    pieces = ChatPieces(load_tokenizer())
+    load = packing(pieces)
+    refs = shard_refs(str(run_dir / "shards"))
+    from_shard = load(read_ref(refs[0]))
+    record = json.loads(read_ref(refs[0])["json"])
+    export_livecc(str(run_dir), str(tmp_path / "sft.jsonl"))
+    row = next(c for c in LiveCCJsonl(str(tmp_path / "sft.jsonl"))
+               if c[0]["content"][0]["video_start"] == record["video_start"]
+               and c[1]["content"][0]["text_stream"] == record["words"])
+    from_source = load(row)
+    # the cut re-encodes from video_start, so its frames sit up to one source frame off the source's:
+    # a word ending within that frame may fall one step apart; every word is still there, in order
+    said = [[w for w in s.words] for s in from_shard.steps], [[w for w in s.words] for s in from_source.steps]
+    assert sum(said[0], []) == sum(said[1], []) == [w.strip() for _, _, w in record["words"]]
+    assert abs(len(from_shard.steps) - len(from_source.steps)) <= 1
+    assert sum(a != b for a, b in zip(*said)) <= len(said[0]) // 2
+    stream = ClipStream(refs[:2], load, batch_size=2)
+    clips = next(iter(stream))["samples"]
+    batch = collate(clips, pad_id=151643)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert int(batch["attention_mask"].sum()) == sum(len(c.input_ids) for c in clips)
+    assert int((batch["labels"] != IGNORE).sum()) == sum(int((c.labels != IGNORE).sum()) for c in clips)
+    pads = int((batch["input_ids"] == pieces.special["<|video_pad|>"]).sum())
+    assert pads == sum(tokens_per_video(g) for g in batch["video_grid_thw"].tolist())
+    assert batch["pixel_values_videos"].shape[0] == int(batch["video_grid_thw"].prod(dim=1).sum())

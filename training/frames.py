@@ -7,19 +7,22 @@ decoded once, in order, after one seek, and only the chosen ones are converted t
 """
 from __future__ import annotations
 
+from typing import BinaryIO
+
 import numpy as np
 
 from training.interleave import FPS, FRAME_FACTOR, MAX_FRAMES
 
 
-def read_clip(path: str, start: float, end: float, fps: float = FPS,
+def read_clip(source: str | BinaryIO, start: float, end: float, fps: float = FPS,
               max_frames: int = MAX_FRAMES) -> tuple[list[np.ndarray], list[float]]:
-    """(uint8 RGB frames, their timestamps in seconds of the media) of the clip [start, end]."""
+    """(uint8 RGB frames, their timestamps in seconds of the media) of the clip [start, end] of a file
+    (path, or a binary file object such as a shard's mp4 bytes)."""
     import av
 
     frames: list[np.ndarray] = []
     times: list[float] = []
-    with av.open(path) as container:
+    with av.open(source) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         if start > 0 and stream.time_base is not None:

@@ -97,6 +97,12 @@ def shuffled(items: Sequence[Ref], buffer: int, rng: random.Random) -> Iterator[
         yield pool.pop(rng.randrange(len(pool)))
 
 
+def sample_tokens(sample: Any) -> int:
+    """Tokens of a sample: a Packed clip, or a dict with `input_ids`."""
+    ids = sample.input_ids if hasattr(sample, "input_ids") else sample["input_ids"]
+    return len(ids)
+
+
 @dataclass
 class StreamState:
     """What the training process records per batch; `state_dict()` is what a checkpoint stores."""
@@ -121,15 +127,15 @@ class StreamState:
 
 
 class ClipStream(IterableDataset):
-    def __init__(self, refs: Sequence[Ref], load: Callable[[Any], dict], *, workers: int = 1, rank: int = 0,
+    def __init__(self, refs: Sequence[Ref], load: Callable[[Any], Any], *, workers: int = 1, rank: int = 0,
                  world_size: int = 1, seed: int = 0, shuffle_buffer: int = 0, max_tokens: int | None = None,
-                 batch_size: int | None = None, tokens: Callable[[dict], int] = lambda s: len(s["input_ids"]),
+                 batch_size: int | None = None, tokens: Callable[[Any], int] | None = None,
                  read: Callable[[Ref], Any] = read_ref, state: StreamState | None = None) -> None:
         if (max_tokens is None) == (batch_size is None):
             raise ValueError("give max_tokens (a token budget per batch) or batch_size, not both")
         if state is not None and state.workers != workers:
             raise ValueError(f"the state was saved with {state.workers} workers; resume with as many")
-        self.refs, self.load, self.read, self.tokens = list(refs), load, read, tokens
+        self.refs, self.load, self.read, self.tokens = list(refs), load, read, tokens or sample_tokens
         self.workers, self.rank, self.world_size = workers, rank, world_size
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.max_tokens, self.batch_size = max_tokens, batch_size
