@@ -68,11 +68,8 @@ def pack(words: Sequence[Sequence[Any]], frames: Sequence[np.ndarray], frame_tim
     steps = interleave.interleave(words, frame_times)
     if not steps:
         raise ValueError("the clip has no frames, or no word")
-    height, width = frames[0].shape[:2]
-    low, high = vision.frame_pixels(len(frames))
-    size = vision.smart_resize(height, width, vision.FACTOR, low, int(high))
-    resized = vision.resize_frames(frames[:steps[-1].last], size)
-    normalised = (resized.astype(np.float32) / 255.0 - vision.CLIP_MEAN) / vision.CLIP_STD
+    # one size for the whole clip (its pixel budget), applied to the frames the steps use
+    normalised = vision.normalised_frames(frames[:steps[-1].last], budget_frames=len(frames))
     ids: list[int] = []
     labels: list[int] = []
 

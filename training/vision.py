@@ -63,6 +63,15 @@ def patchify(video: np.ndarray) -> tuple[np.ndarray, list[int]]:
     return np.ascontiguousarray(x.reshape(t * h * w, channels * TEMPORAL * PATCH * PATCH), dtype=np.float32), [t, h, w]
 
 
+def normalised_frames(frames: Sequence[np.ndarray], budget_frames: int | None = None) -> np.ndarray:
+    """uint8 RGB frames resized under the pixel rules of a clip of `budget_frames` frames (default: these)
+    and normalised: (T, H, W, 3) float32, ready for `patchify`."""
+    height, width = frames[0].shape[:2]
+    low, high = frame_pixels(budget_frames or len(frames))
+    video = resize_frames(frames, smart_resize(height, width, FACTOR, low, int(high)))
+    return (video.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
+
+
 def video_inputs(frames: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Qwen2-VL's `pixel_values_videos` and `video_grid_thw` for uint8 RGB frames (count padded to even
     by repeating the last frame)."""
@@ -71,11 +80,7 @@ def video_inputs(frames: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         raise ValueError("a video needs at least one frame")
     if len(frames) % TEMPORAL:
         frames.append(frames[-1])
-    height, width = frames[0].shape[:2]
-    low, high = frame_pixels(len(frames))
-    video = resize_frames(frames, smart_resize(height, width, FACTOR, low, int(high)))
-    video = (video.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
-    patches, grid = patchify(video)
+    patches, grid = patchify(normalised_frames(frames))
     return {"pixel_values_videos": patches, "video_grid_thw": np.array([grid], dtype=np.int64)}
 
 

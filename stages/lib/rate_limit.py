@@ -56,7 +56,8 @@ class TokenBucket:
     def take(self, n: float) -> None:
         self.level -= n
 
-    def give_back(self, n: float) -> None:
+    def credit(self, n: float) -> None:
+        """Add back `n` units (negative: take more), never above a full bucket."""
         self.level = min(self.capacity, self.level + n)
 
 
@@ -91,7 +92,7 @@ class RateLimiter:
         """Correct the tokens counted for a request once its real usage is known."""
         if self.tokens and actual >= 0:
             with self.lock:
-                self.tokens.give_back(estimated - actual) if actual < estimated else self.tokens.take(actual - estimated)
+                self.tokens.credit(estimated - actual)
 
     def pause(self, seconds: float) -> None:
         with self.lock:
