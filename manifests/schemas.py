@@ -135,6 +135,7 @@ SHARD = pa.schema(ROW + [
     ("key", pa.string()),      # WebDataset sample key
     ("video_bytes", pa.int64()),
     ("video_duration", pa.float64()),
+    ("frames", pa.int64()),    # frames format: the sample's frames (null for mp4)
 ])
 
 

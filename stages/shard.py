@@ -4,18 +4,26 @@ Reads: the `ok` rows of `clip_split` (`clip_id`, `video_id`, `start`, `end`, `wo
 `title`, `category`, `media_path`).
 Writes: `RUN/shards/part-NNNNN-SSSS.tar` (at most `max_shard_bytes` each, names deterministic) and
 `part-NNNNN-SSSS.parquet` beside it (one row per sample: key, ids, times, byte sizes and offsets).
-A sample is `<key>.mp4` (the clip's segment, cut with ffmpeg) and `<key>.json` (words with their times
-in the source video's timeline, `video_start`/`video_end`, title, category, previous, ids). Keys are
-clip ids: no dots, since WebDataset splits a key at its first dot.
-Adds to the manifest: `shard`, `key`, `video_bytes`, `video_duration` (the cut's video stream, from
-its packets: an audio track that runs on does not hide a video that stops).
-Errors: `cut_failed` / `corrupt_media` when ffmpeg cannot cut or the cut does not decode; `cut_short`
-when the cut's video is shorter than `end - start` by more than `max_cut_shortfall_s` (the clip runs
-past the media's end); `bad_key` when the key cannot be a tar member name (USTAR: ASCII, at most 100
-bytes unless it holds a `/`) or holds a dot. Any failure of one clip is an error row of that clip only:
-a sample's headers are all built before a byte of it is written, so a sample is in its tar whole or
-not at all.
-Resources: one CPU per part (ffmpeg re-encodes, single-threaded, so bytes are reproducible).
+A sample is `<key>.json` (words with their times in the source video's timeline, `video_start`/
+`video_end`, title, category, previous, ids) and the clip's pictures, in one of two formats:
+- `frames` (training sets): the frames the packer takes, at 2 fps (training/frames.py's rule) and at
+  the size the packer resizes them to (training/vision.py), as `<key>.000.jpg`, `<key>.001.jpg`, ...
+  (or `.webp`); the JSON adds `frame_times` (seconds, source timeline) and `frame_size` [h, w].
+  Training decodes small images instead of video (bench/packing.py measures both formats).
+- `mp4`: `<key>.mp4`, the clip's segment cut with ffmpeg, for people who want video files.
+Keys are clip ids: no dots, since WebDataset splits a key at its first dot.
+Adds to the manifest: `shard`, `key`, `video_bytes` (the sample's picture bytes), `frames` (frames
+format), `video_duration` (mp4: the cut's video stream, from its packets, so an audio track that runs on
+does not hide a video that stops; frames: from the clip's start to half a second after its last distinct
+frame).
+Errors: `cut_failed` / `corrupt_media` when the media cannot be cut or decoded; `cut_short` when the
+clip's video is shorter than `end - start` by more than `max_cut_shortfall_s` (the clip runs past the
+media's end); `bad_key` when the key cannot be a tar member name (USTAR: ASCII, at most 100 bytes
+unless it holds a `/`) or holds a dot. Any failure of one clip is an error row of that clip only: a
+sample's headers are all built before a byte of it is written, so a sample is in its tar whole or not
+at all.
+Resources: one CPU per part (ffmpeg re-encodes single-threaded, the frame decoder is PyAV's, so bytes are
+reproducible).
 
 Tars are written with fixed mtimes and owners, so a re-run writes identical bytes.
 """
@@ -37,6 +45,9 @@ from pipeline.store import RunStore, part_name
 from stages.lib import media
 
 
+FORMATS = ("frames", "mp4")
+FRAME_CODECS = {"jpeg": "jpg", "webp": "webp"}   # codec -> member extension
+
 # Columns a sample carries when its manifest has them: what the prompt tasks wrote (SFT).
 OPTIONAL_FIELDS = ("query", "description")
 
@@ -44,7 +55,10 @@ OPTIONAL_FIELDS = ("query", "description")
 @dataclass(frozen=True)
 class Config:
     max_shard_bytes: int = 512 * 2**20
-    reencode: bool = True      # frame-exact cuts; false: stream copy (fast, starts at a keyframe)
+    format: str = "frames"     # frames: 2 fps images at the packer's size; mp4: the cut clip
+    frame_codec: str = "jpeg"  # frames format: jpeg | webp
+    frame_quality: int = 90    # 1-100, of frame_codec
+    reencode: bool = True      # mp4: frame-exact cuts; false: stream copy (fast, starts at a keyframe)
     video_ext: str = "mp4"
     # A cut whose video is shorter than `end - start` by more than this is an error (cut_short).
     # Measured: cuts inside the media are never short (re-encoded: 0-30 ms long; stream copy: 50-160 ms
@@ -58,6 +72,12 @@ class Config:
     def __post_init__(self) -> None:
         if self.max_shard_bytes < 1:
             raise ValueError("max_shard_bytes must be >= 1")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
+        if self.frame_codec not in FRAME_CODECS:
+            raise ValueError(f"frame_codec must be one of {', '.join(FRAME_CODECS)}, not {self.frame_codec!r}")
+        if not 1 <= self.frame_quality <= 100:
+            raise ValueError("frame_quality must be within 1-100")
         if self.video_ext != "mp4":
             raise ValueError("video_ext: only mp4 is supported")
         if not self.max_cut_shortfall_s >= 0:
@@ -67,11 +87,11 @@ class Config:
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()), ("clip_id", pa.string()), ("video_id", pa.string()),
     ("start", pa.float64()), ("end", pa.float64()), ("video_duration", pa.float64()),
-    ("video_bytes", pa.int64()), ("json_bytes", pa.int64()), ("offset", pa.int64()),
+    ("video_bytes", pa.int64()), ("json_bytes", pa.int64()), ("offset", pa.int64()), ("frames", pa.int64()),
 ])
 
 
-def sample_json(row: dict, optional: tuple[str, ...] = OPTIONAL_FIELDS) -> bytes:
+def sample_json(row: dict, optional: tuple[str, ...] = OPTIONAL_FIELDS, extra: dict | None = None) -> bytes:
     record = {
         "clip_id": row["clip_id"], "video_id": row["video_id"],
         "video_start": row["start"], "video_end": row["end"],
@@ -79,6 +99,7 @@ def sample_json(row: dict, optional: tuple[str, ...] = OPTIONAL_FIELDS) -> bytes
         "words": [[w["start"], w["end"], w["word"]] for w in row["words"]],
     }
     record.update({name: row[name] for name in optional if row.get(name) is not None})
+    record.update(extra or {})
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -180,13 +201,11 @@ class Shard(Stage):
                 base = {k: row.get(k) for k in ("id", "clip_id", "video_id", "start", "end")}
                 duration = None
                 try:  # everything that can fail for this clip alone, before its first byte is written
-                    video = self._cut(row, ctx, Path(tmp) / "clip.mp4")
-                    duration = media.demuxed_duration(str(video))
+                    pictures, extra, duration = self._pictures(row, ctx, Path(tmp) / "clip.mp4")
                     self._check_length(row, duration)
-                    data = video.read_bytes()
                     key = row["clip_id"]
-                    text = sample_json(row, self.config.fields)
-                    members = sample_members(key, [("json", text), ("mp4", data)])
+                    text = sample_json(row, self.config.fields, extra)
+                    members = sample_members(key, [("json", text), *pictures])
                 except (media.MediaError, BadKey) as exc:
                     out.append(error(base, str(exc), video_duration=duration))
                     continue
@@ -196,10 +215,13 @@ class Shard(Stage):
                     out.append(result)
                     continue
                 # a failure to write the tar itself is the part's (its other samples would be lost): raised
+                size = sum(len(data) for _, data in pictures)
+                frames = len(extra["frame_times"]) if extra else None
                 shard = writer.add(key, members, {
                     "clip_id": key, "video_id": row["video_id"], "start": row["start"], "end": row["end"],
-                    "video_duration": duration, "video_bytes": len(data), "json_bytes": len(text)})
-                out.append(ok(base, shard=shard, key=key, video_bytes=len(data), video_duration=duration))
+                    "video_duration": duration, "video_bytes": size, "json_bytes": len(text), "frames": frames})
+                out.append(ok(base, shard=shard, key=key, video_bytes=size, video_duration=duration,
+                              frames=frames))
         writer.close()
         return out
 
@@ -207,15 +229,53 @@ class Shard(Stage):
         want = row["end"] - row["start"]
         if duration is None:
             raise media.MediaError("cut_short", f"the cut of {row['start']:.2f}-{row['end']:.2f} s holds no "
-                                                f"video (the clip starts after the media ends)")
+                                                f"video (the media has none, or the clip starts after it ends)")
         if want - duration > self.config.max_cut_shortfall_s:
             raise media.MediaError("cut_short", f"the cut's video lasts {duration:.2f} s of the clip's "
                                                 f"{want:.2f} s ({row['start']:.2f}-{row['end']:.2f} s): the "
                                                 f"media ends early")
 
-    def _cut(self, row: dict, ctx: PartContext, dest: Path) -> Path:
+    def _pictures(self, row: dict, ctx: PartContext, scratch: Path) -> tuple[list[tuple[str, bytes]], dict, float | None]:
+        """(the sample's picture members, what they add to its JSON, the clip's video duration)."""
         if not row.get("media_path"):
             raise media.MediaError("no_media", "the clip row has no media_path")
-        media.cut(ctx.resolve(row["media_path"]), row["start"], row["end"], str(dest),
-                  reencode=self.config.reencode)
-        return dest
+        source = ctx.resolve(row["media_path"])
+        if self.config.format == "mp4":
+            media.cut(source, row["start"], row["end"], str(scratch), reencode=self.config.reencode)
+            return [("mp4", scratch.read_bytes())], {}, media.demuxed_duration(str(scratch))
+        frames, times, size, duration = self._frames(source, row["start"], row["end"])
+        ext = FRAME_CODECS[self.config.frame_codec]
+        files = [(f"{i:03d}.{ext}", encode_image(f, self.config.frame_codec, self.config.frame_quality))
+                 for i, f in enumerate(frames)]
+        return files, {"frame_times": times, "frame_size": list(size)}, duration
+
+    @staticmethod
+    def _frames(source: str, start: float, end: float) -> tuple[list, list[float], tuple[int, int], float | None]:
+        """The clip's 2 fps frames resized as the packer resizes them, their times, size and the clip's
+        video duration (None: no frame in the clip)."""
+        import av
+
+        from training.frames import NoVideo, decode_clip
+        from training.vision import clip_frame_size, resize_frames
+
+        try:
+            clip = decode_clip(source, start, end, threads=1)
+        except NoVideo:
+            return [], [], (0, 0), None
+        except FileNotFoundError as exc:
+            raise media.MediaError("no_media", f"the media file is missing: {exc}") from None
+        except (av.error.FFmpegError, OSError) as exc:
+            raise media.MediaError("corrupt_media", f"the clip does not decode: {exc}") from None
+        if not clip.frames:
+            return [], [], (0, 0), None
+        size = clip_frame_size(*clip.frames[0].shape[:2], len(clip.frames))
+        return list(resize_frames(clip.frames, size)), clip.times, size, clip.video_end - start
+
+
+def encode_image(frame, codec: str, quality: int) -> bytes:
+    """One uint8 RGB frame as JPEG or WebP bytes (deterministic for the same Pillow)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format=codec.upper(), quality=quality)
+    return buffer.getvalue()

@@ -4,6 +4,7 @@ download's `media_duration` / `corrupt_media`, ASR words past the media, shard's
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import tarfile
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from manifests.schemas import ASR, DOWNLOAD, SHARD, check_table
 from pipeline.stage import PartContext
@@ -19,6 +21,8 @@ from stages.asr import SAMPLE_RATE, Asr
 from stages.download import Download
 from stages.lib import media
 from stages.shard import Shard
+from training import vision
+from training.frames import decode_clip
 
 FPS = 25
 SECONDS = 10.0
@@ -162,18 +166,21 @@ def _shard(run: Path, rows: list[dict], **cfg) -> list[dict]:
     return out
 
 
-def test_shard_errors_a_cut_short_clip_and_a_bad_key_only(tmp_path, files):
+@pytest.mark.parametrize("fmt", ["frames", "mp4"])
+def test_shard_errors_a_cut_short_clip_and_a_bad_key_only(tmp_path, files, fmt):
     run = tmp_path / "run"
     (run / "media").mkdir(parents=True)
     (run / "media" / "v.mp4").write_bytes(files["mp4"].read_bytes())
+    (run / "media" / "garbage.mp4").write_bytes(files["garbage"].read_bytes())
     rows = [_clip("v_01000_04000", 1.0, 4.0, "media/v.mp4"),
             _clip("v_02000_10300", 2.0, 10.3, "media/v.mp4"),   # 0.3 s past the end: within tolerance
             _clip("v_05000_38400", 5.0, 38.4, "media/v.mp4"),   # the issue: words far past the video
             _clip("v_12000_20000", 12.0, 20.0, "media/v.mp4"),  # starts after the media ends
             _clip("v_" + "x" * 120, 1.0, 2.0, "media/v.mp4"),   # too long for a USTAR name
             _clip("v_caf\u00e9", 1.0, 2.0, "media/v.mp4"),       # not ASCII
-            _clip("v_03000_04000", 3.0, 4.0, "media/missing.mp4")]
-    out = {r["clip_id"]: r for r in _shard(run, rows)}
+            _clip("v_03000_04000", 3.0, 4.0, "media/missing.mp4"),
+            _clip("v_00000_03000", 0.0, 3.0, "media/garbage.mp4")]
+    out = {r["clip_id"]: r for r in _shard(run, rows, format=fmt)}
     ok_keys = ["v_01000_04000", "v_02000_10300"]
     assert [k for k, r in sorted(out.items()) if r["status"] == "ok"] == ok_keys
     assert out["v_01000_04000"]["video_duration"] == pytest.approx(3.0, abs=0.1)
@@ -183,22 +190,42 @@ def test_shard_errors_a_cut_short_clip_and_a_bad_key_only(tmp_path, files):
     assert out["v_" + "x" * 120]["reason"].startswith("bad_key: ")
     assert out["v_caf\u00e9"]["reason"].startswith("bad_key: ")
     assert out["v_03000_04000"]["status"] == "error"  # any failure of one clip is its own row
+    assert out["v_00000_03000"]["status"] == "error"
 
     (tar_name,) = {r["shard"] for r in out.values() if r["status"] == "ok"}
     tar_bytes = (run / "shards" / tar_name).read_bytes()
     with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
         names = tar.getnames()
-    assert names == [f"{k}.{ext}" for k in ok_keys for ext in ("json", "mp4")]
+        samples = {k: json.loads(tar.extractfile(f"{k}.json").read()) for k in ok_keys}
+        if fmt == "frames":
+            frames = {k: [tar.extractfile(n).read() for n in names if n.startswith(k + ".0")] for k in ok_keys}
     index = pq.read_table(run / "shards" / tar_name.replace(".tar", ".parquet")).to_pylist()
     assert [r["key"] for r in index] == ok_keys
+    if fmt == "mp4":
+        assert names == [f"{k}.{ext}" for k in ok_keys for ext in ("json", "mp4")]
+        assert all(r["frames"] is None for r in index)
+    else:
+        for key in ok_keys:   # the 2 fps rule's frames of the source, at the packer's size
+            record, row = samples[key], out[key]
+            clip = decode_clip(str(files["mp4"]), record["video_start"], record["video_end"])
+            assert record["frame_times"] == clip.times and len(clip.times) % 2 == 0
+            assert row["frames"] == len(frames[key]) == len(clip.times)
+            assert [r["frames"] for r in index if r["key"] == key] == [row["frames"]]
+            assert names[names.index(f"{key}.json") + 1:][:row["frames"]] == \
+                [f"{key}.{i:03d}.jpg" for i in range(row["frames"])]
+            size = vision.clip_frame_size(120, 160, len(clip.times))
+            images = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in frames[key]]
+            assert record["frame_size"] == list(size) and all(i.shape == (*size, 3) for i in images)
+            want = vision.resize_frames(clip.frames, size).astype(int)
+            assert np.abs(np.stack(images).astype(int) - want).mean() < 3   # JPEG at quality 90
 
-    _shard(run, list(reversed(rows)))  # a rerun writes the same bytes
+    _shard(run, list(reversed(rows)), format=fmt)  # a rerun writes the same bytes
     assert (run / "shards" / tar_name).read_bytes() == tar_bytes
 
 
 def test_stream_copied_cut_past_the_end_is_short(tmp_path, files):
     rows = [_clip("v_01000_04000", 1.0, 4.0, str(files["mp4"])),
             _clip("v_05000_38400", 5.0, 38.4, str(files["mp4"]))]
-    good, short = _shard(tmp_path, rows, reencode=False)
+    good, short = _shard(tmp_path, rows, format="mp4", reencode=False)
     assert good["status"] == "ok", good["reason"]
     assert short["status"] == "error" and short["reason"].startswith("cut_short: ")

@@ -18,7 +18,7 @@ stages: [metadata_filter, download, caption_words, transcript_language, clip_spl
 run: {part_size: 3}
 metadata_filter: {fill_missing: false}
 download: {concurrency: 2}
-shard: {reencode: false}
+shard: {format: mp4, reencode: false}   # the video-file format, stream-copied
 """
 
 

@@ -13,25 +13,38 @@ from training.interleave import context_text
 from training.packer import IGNORE, ChatPieces, Packed, pack
 
 
-def clip_of(item: Any) -> tuple[Any, float, float, float, list, dict]:
-    """(video source, start, end, time offset, words, text fields) of a LiveCC conversation or a shard
-    sample ({"json": ..., "mp4": ...}: its mp4 is the cut clip, starting at 0 s of the clip)."""
+def clip_of(item: Any) -> tuple[list[np.ndarray], list[float], list, dict]:
+    """(uint8 RGB frames at 2 fps, their times, words, text fields) of a LiveCC conversation or a shard
+    sample. Times are in the words' timeline (the source video's): a frame sample stores them; a shard's
+    mp4 is the cut clip, starting at 0 s of the clip."""
     if isinstance(item, dict):
         record = json.loads(item["json"])
         start, end = record["video_start"], record["video_end"]
-        return io.BytesIO(item["mp4"]), 0.0, end - start, start, record["words"], record
+        if "frame_times" in record:
+            names = sorted(name for name in item if name[:1].isdigit())   # 000.jpg, 001.jpg, ...
+            if len(names) != len(record["frame_times"]):
+                raise ValueError(f"sample {record.get('clip_id')}: {len(names)} frames for "
+                                 f"{len(record['frame_times'])} frame times")
+            return [decode_image(item[name]) for name in names], record["frame_times"], record["words"], record
+        frames, times = read_clip(io.BytesIO(item["mp4"]), 0.0, end - start)
+        return frames, [t + start for t in times], record["words"], record
     user, assistant = item
     video, text = user["content"][0], user["content"][1]
-    return (video["video"], video["video_start"], video["video_end"], 0.0,
-            assistant["content"][0]["text_stream"], {**text, "query": text.get("text", "")})
+    frames, times = read_clip(video["video"], video["video_start"], video["video_end"])
+    return frames, times, assistant["content"][0]["text_stream"], {**text, "query": text.get("text", "")}
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def packing(pieces: ChatPieces, with_context: bool = False) -> Callable[[Any], Packed]:
     """The loader's `load`: one conversation or shard sample -> a Packed clip."""
     def load(item: Any) -> Packed:
-        source, start, end, offset, words, fields = clip_of(item)
-        frames, times = read_clip(source, start, end)
-        times = [t + offset for t in times]        # into the words' timeline (the source video's)
+        frames, times, words, fields = clip_of(item)
         context = context_text(fields.get("query"), fields.get("title"), fields.get("previous"), with_context)
         return pack(words, frames, times, pieces, context)
     return load

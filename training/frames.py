@@ -7,6 +7,7 @@ decoded once, in order, after one seek, and only the chosen ones are converted t
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import numpy as np
@@ -14,17 +15,42 @@ import numpy as np
 from training.interleave import FPS, FRAME_FACTOR, MAX_FRAMES
 
 
+class NoVideo(ValueError):
+    """The media has no video stream."""
+
+
+@dataclass
+class Clip:
+    frames: list[np.ndarray] = field(default_factory=list)   # uint8 RGB
+    times: list[float] = field(default_factory=list)         # seconds of the media
+    video_end: float | None = None   # where the last frame decoded within [start, end] stops showing
+
+
 def read_clip(source: str | BinaryIO, start: float, end: float, fps: float = FPS,
               max_frames: int = MAX_FRAMES) -> tuple[list[np.ndarray], list[float]]:
     """(uint8 RGB frames, their timestamps in seconds of the media) of the clip [start, end] of a file
     (path, or a binary file object such as a shard's mp4 bytes)."""
+    clip = decode_clip(source, start, end, fps, max_frames)
+    return clip.frames, clip.times
+
+
+def decode_clip(source: str | BinaryIO, start: float, end: float, fps: float = FPS,
+                max_frames: int = MAX_FRAMES, threads: int = 0) -> Clip:
+    """`read_clip`, plus where the clip's video stops (a clip running past the media's end stops early).
+    `threads`: decoder threads (0: as many as the codec likes). Raises NoVideo, or PyAV's errors for
+    media that does not open or decode."""
     import av
 
-    frames: list[np.ndarray] = []
-    times: list[float] = []
+    clip = Clip()
+    frames, times = clip.frames, clip.times
     with av.open(source) as container:
+        if not container.streams.video:
+            raise NoVideo("the media has no video stream")
         stream = container.streams.video[0]
+        step = 1 / float(stream.average_rate) if stream.average_rate else 0.0
         stream.thread_type = "AUTO"
+        if threads:
+            stream.thread_count = threads
         if start > 0 and stream.time_base is not None:
             container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
         target = None
@@ -36,6 +62,8 @@ def read_clip(source: str | BinaryIO, start: float, end: float, fps: float = FPS
                 continue
             if t > end + 1e-6 or len(times) >= max_frames:
                 break
+            shown = float(frame.duration * stream.time_base) if frame.duration else step
+            clip.video_end = t + shown
             if target is None:
                 target = t
             image = None
@@ -47,4 +75,4 @@ def read_clip(source: str | BinaryIO, start: float, end: float, fps: float = FPS
     while frames and len(frames) % FRAME_FACTOR:
         frames.append(frames[-1])
         times.append(times[-1])
-    return frames, times
+    return clip

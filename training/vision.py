@@ -44,11 +44,19 @@ def frame_pixels(frames: int) -> tuple[int, int]:
     return MIN_PIXELS, max(min(MAX_PIXELS, TOTAL_PIXELS / frames * TEMPORAL), int(MIN_PIXELS * 1.05))
 
 
+def clip_frame_size(height: int, width: int, frames: int) -> tuple[int, int]:
+    """(height, width) every frame of a clip of `frames` frames is resized to before patching."""
+    low, high = frame_pixels(frames)
+    return smart_resize(height, width, FACTOR, low, int(high))
+
+
 def resize_frames(frames: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
     """uint8 HxWx3 frames -> (T, H, W, 3) uint8 at `size` (height, width), PIL bicubic."""
     from PIL import Image
 
     height, width = size
+    if all(f.shape[:2] == (height, width) for f in frames):   # frame shards: stored at this size already
+        return np.stack(frames)
     return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((width, height), Image.BICUBIC))
                      for f in frames])
 
@@ -67,8 +75,7 @@ def normalised_frames(frames: Sequence[np.ndarray], budget_frames: int | None = 
     """uint8 RGB frames resized under the pixel rules of a clip of `budget_frames` frames (default: these)
     and normalised: (T, H, W, 3) float32, ready for `patchify`."""
     height, width = frames[0].shape[:2]
-    low, high = frame_pixels(budget_frames or len(frames))
-    video = resize_frames(frames, smart_resize(height, width, FACTOR, low, int(high)))
+    video = resize_frames(frames, clip_frame_size(height, width, budget_frames or len(frames)))
     return (video.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
 
 
