@@ -224,6 +224,33 @@ def test_the_loader_reads_the_shards_by_their_index(sft_run):
     assert sorted(x["key"].decode() for b in stream for x in b["samples"]) == sorted(expected)
 
 
+def test_the_loader_reads_shards_and_jsonl_over_http(sft_run, tmp_path):
+    """The same references and samples from a loopback http server (fsspec's http, range requests) as
+    from the folder: by tar URLs with a brace pattern, and a LiveCC JSONL by its offsets."""
+    from tests.support.http_server import LoopbackServer
+    from training.livecc_jsonl import export_livecc
+    from training.loader import jsonl_refs, read_ref, shard_refs
+
+    run_dir, _ = sft_run
+    local = shard_refs(str(run_dir / "shards"))
+    tars = sorted(p.name for p in (run_dir / "shards").glob("*.tar"))
+    export_livecc(str(run_dir), str(run_dir / "sft.jsonl"))
+    try:
+        with LoopbackServer(run_dir) as server:
+            listed = [server.url(f"shards/{name}") for name in tars]
+            remote = shard_refs(listed)
+            assert [offset for _, offset in remote] == [offset for _, offset in local]
+            names = ",".join(name[:-len(".tar")] for name in tars)
+            assert shard_refs(server.url(f"shards/{{{names}}}.tar")) == remote     # a brace pattern
+            for (url, offset), ref in zip(remote, local):
+                assert url.startswith("http://127.0.0.1:") and read_ref((url, offset)) == read_ref(ref)
+            rows = jsonl_refs([server.url("sft.jsonl")])
+            assert [read_ref(r) for r in rows] == [read_ref(r) for r in jsonl_refs([str(run_dir / "sft.jsonl")])]
+            assert any(p.endswith(".parquet") for p in server.requests)
+    finally:
+        (run_dir / "sft.jsonl").unlink()
+
+
 def test_shard_samples_and_jsonl_rows_pack_alike_into_one_batch(sft_run, tmp_path):
     """A clip packed from its frame shard (2 fps frames stored at the packer's size) and from the LiveCC
     JSONL row (the source video, decoded at training time) gives the same tokens and labels, and pixels

@@ -89,8 +89,10 @@ def export_livecc(run_dir: str, out: str, *, relative: bool = False) -> ExportRe
 
 
 def read_offsets(path: str) -> list[int]:
-    """The byte offsets of the rows, from the file's last line."""
-    with open(path, "rb") as f:
+    """The byte offsets of the rows, from the file's last line (a local path or an fsspec URL)."""
+    import fsspec
+
+    with fsspec.open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         end = f.tell()
         block, position = b"", end

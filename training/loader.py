@@ -45,20 +45,34 @@ def read_ref(ref: Ref) -> Any:
         return json.loads(f.readline())
 
 
-def shard_refs(shards_dir: str) -> list[Ref]:
-    """Every sample of a run's shards (`RUN/shards`, local or any fsspec URL), tar by tar, from their
-    Parquet indexes (key, offset)."""
+def shard_refs(shards: str | Sequence[str]) -> list[Ref]:
+    """Every sample of a run's shards, tar by tar, from the Parquet index beside each tar (key, offset).
+    `shards`: a folder that can be listed (`RUN/shards`, local or an fsspec URL such as s3://...), or
+    tar URLs (a list, or a brace pattern as webdataset takes: `https://host/shards/part-{00000..00003}-0000.tar`)
+    for stores that cannot list, such as plain http."""
     import fsspec
     import pyarrow.parquet as pq
 
-    fs, root = fsspec.core.url_to_fs(shards_dir)
-    protocol = "" if "://" not in shards_dir else shards_dir.split("://", 1)[0] + "://"
+    tars = _tar_urls(shards)
     refs: list[Ref] = []
-    for index in sorted(fs.glob(f"{root.rstrip('/')}/*.parquet")):
-        with fs.open(index, "rb") as f:
+    for tar in tars:
+        with fsspec.open(tar[:-len(".tar")] + ".parquet", "rb") as f:
             offsets = pq.read_table(f, columns=["offset"]).column("offset").to_pylist()
-        refs.extend((protocol + index[:-len(".parquet")] + ".tar", offset) for offset in offsets)
+        refs.extend((tar, offset) for offset in offsets)
     return refs
+
+
+def _tar_urls(shards: str | Sequence[str]) -> list[str]:
+    import fsspec
+    from braceexpand import braceexpand
+
+    if not isinstance(shards, str):
+        return [url for pattern in shards for url in braceexpand(pattern)]
+    if shards.endswith(".tar"):
+        return list(braceexpand(shards))
+    fs, root = fsspec.core.url_to_fs(shards)
+    protocol = "" if "://" not in shards else shards.split("://", 1)[0] + "://"
+    return [protocol + index[:-len(".parquet")] + ".tar" for index in sorted(fs.glob(f"{root.rstrip('/')}/*.parquet"))]
 
 
 def read_tar_sample(f: Any) -> dict[str, bytes]:
