@@ -69,7 +69,7 @@ def pack(words: Sequence[Sequence[Any]], frames: Sequence[np.ndarray], frame_tim
     if not steps:
         raise ValueError("the clip has no frames, or no word")
     # one size for the whole clip (its pixel budget), applied to the frames the steps use
-    normalised = vision.normalised_frames(frames[:steps[-1].last], budget_frames=len(frames))
+    sized = vision.sized_frames(frames[:steps[-1].last], budget_frames=len(frames))
     ids: list[int] = []
     labels: list[int] = []
 
@@ -80,7 +80,7 @@ def pack(words: Sequence[Sequence[Any]], frames: Sequence[np.ndarray], frame_tim
     add(pieces.turn_start("system") + pieces.text(SYSTEM) + [pieces.special["<|im_end|>"]] + pieces.newline)
     patches, grids = [], []
     for n, step in enumerate(steps):
-        step_frames = normalised[step.first:step.last]
+        step_frames = sized[step.first:step.last]
         if len(step_frames) % vision.TEMPORAL:
             step_frames = np.concatenate([step_frames, step_frames[-1:]])
         values, grid = vision.patchify(step_frames)
@@ -92,4 +92,4 @@ def pack(words: Sequence[Sequence[Any]], frames: Sequence[np.ndarray], frame_tim
         add(pieces.text(step.text) + [pieces.special["<|im_end|>"]], trained=True)
         add(pieces.newline)
     return Packed(np.array(ids, dtype=np.int64), np.array(labels, dtype=np.int64),
-                  np.concatenate(patches), np.array(grids, dtype=np.int64), steps)
+                  vision.normalise(np.concatenate(patches)), np.array(grids, dtype=np.int64), steps)

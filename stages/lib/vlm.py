@@ -25,7 +25,6 @@ preprocessor_config.json (Qwen2VLImageProcessorPil, which needs no torchvision) 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,27 +67,10 @@ class VisionParams:
                    mean=tuple(float(v) for v in proc.image_mean), std=tuple(float(v) for v in proc.image_std))
 
 
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Qwen2-VL's resize rule: both sides multiples of `factor`, pixels within [min, max], aspect kept."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"aspect ratio over 200: {width}x{height}")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
 def video_patches(frames: list[np.ndarray], params: VisionParams) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Frames (uint8 H x W x 3, all one size) -> (patches (grid_t*grid_h*grid_w, C*T*P*P) float32,
     (grid_t, grid_h, grid_w)), the layout of Qwen2VLVideoProcessor.patchify."""
-    from PIL import Image
+    from training.vision import normalise, patchify, resize_frames, smart_resize
 
     if not frames:
         raise ValueError("no frames")
@@ -96,20 +78,11 @@ def video_patches(frames: list[np.ndarray], params: VisionParams) -> tuple[np.nd
     if any(f.shape != (h, w, 3) or f.dtype != np.uint8 for f in frames):
         raise ValueError("frames must be uint8 RGB arrays of one size")
     p, tp, m = params.patch_size, params.temporal_patch_size, params.merge_size
-    rh, rw = smart_resize(h, w, p * m, params.min_pixels, params.max_pixels)
-    if (rh, rw) != (h, w):
-        frames = [np.asarray(Image.fromarray(f).resize((rw, rh), Image.BICUBIC)) for f in frames]
-    video = np.stack(frames).astype(np.float32) / 255.0                       # T, H, W, C
-    video = (video - np.asarray(params.mean, np.float32)) / np.asarray(params.std, np.float32)
-    video = video.transpose(0, 3, 1, 2)                                        # T, C, H, W
+    video = resize_frames(frames, smart_resize(h, w, p * m, params.min_pixels, params.max_pixels))
     if pad := -len(video) % tp:
         video = np.concatenate([video, np.repeat(video[-1:], pad, axis=0)])
-    t, c = video.shape[0], video.shape[1]
-    gt, gh, gw = t // tp, rh // p, rw // p
-    patches = video.reshape(gt, tp, c, gh // m, m, p, gw // m, m, p)
-    # (gt, gh/m, gw/m, m, m, C, tp, p, p): merge groups of 2x2 patches are contiguous
-    patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return np.ascontiguousarray(patches.reshape(gt * gh * gw, c * tp * p * p)), (gt, gh, gw)
+    patches, grid = patchify(video, p, m, tp)
+    return normalise(patches, params.mean, params.std), tuple(grid)
 
 
 def prompt_text(question: str, video_tokens: int) -> str:
