@@ -58,6 +58,7 @@ bench: setup-models
 	$(PY) -m bench.talking_head
 	$(PY) -m bench.transcript_language
 	$(PY) -m bench.prompt
+	$(PY) -m bench.packing
 
 clean:
 	rm -rf runs samples/build

@@ -131,3 +131,13 @@ def test_sigkill_mid_epoch_then_resume(refs, tmp_path):
     done = subprocess.run([sys.executable, "-c", script(False)], timeout=120, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.load(open(progress))["batches"] == full      # no sample twice, none skipped, same order
+
+
+def test_no_shards_is_an_error_not_an_empty_epoch(tmp_path):
+    from training.loader import shard_refs
+
+    (tmp_path / "part-00000-0000.tar").write_bytes(b"")   # a tar without its index is not a shard
+    with pytest.raises(ValueError, match="no shard"):
+        shard_refs(str(tmp_path))
+    with pytest.raises(ValueError, match="no shard"):
+        shard_refs(str(tmp_path / "missing"))

@@ -54,6 +54,8 @@ def shard_refs(shards: str | Sequence[str]) -> list[Ref]:
     import pyarrow.parquet as pq
 
     tars = _tar_urls(shards)
+    if not tars:
+        raise ValueError(f"no shard (a .tar with its .parquet index) in {shards!r}")
     refs: list[Ref] = []
     for tar in tars:
         with fsspec.open(tar[:-len(".tar")] + ".parquet", "rb") as f:
