@@ -92,6 +92,30 @@ def test_resume_from_state_continues_the_sequence(refs, stop):
     assert first + rest == full
 
 
+def test_resume_through_the_datasets_own_state_dict(refs):
+    """The same, through ClipStream.update / state_dict / load_state_dict, and a new epoch reshuffles."""
+    def run(data, limit=None):
+        out = []
+        for batch in torch.utils.data.DataLoader(data, batch_size=None, num_workers=2):
+            data.update(batch)
+            out.append([s["id"] for s in batch["samples"]])
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    full = run(stream(refs, 2))
+    first_run = stream(refs, 2)
+    first = run(first_run, limit=5)
+    resumed = stream(refs, 2)
+    resumed.load_state_dict(json.loads(json.dumps(first_run.state_dict())))
+    assert first + run(resumed) == full
+    with pytest.raises(ValueError, match="2 workers"):
+        stream(refs, 3).load_state_dict(first_run.state_dict())
+    resumed.set_epoch(1)
+    again = run(resumed)
+    assert again != full and sorted(sum(again, [])) == sorted(sum(full, []))
+
+
 SCRIPT = """
 import json, os, sys
 sys.path.insert(0, {root!r})

@@ -157,6 +157,25 @@ class ClipStream(IterableDataset):
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.state = state or StreamState(workers)
 
+    # The training process's record of progress (DataLoader workers hold copies of the dataset): call
+    # `update(batch)` for every batch it trains on, save `state_dict()` with the checkpoint, and
+    # `load_state_dict()` before iterating again.
+    def update(self, batch: dict) -> None:
+        self.state.update(batch)
+
+    def state_dict(self) -> dict:
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        loaded = StreamState.from_state_dict(state)
+        if loaded.workers != self.workers:
+            raise ValueError(f"the state was saved with {loaded.workers} workers; resume with as many")
+        self.state = loaded
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch `epoch` from its beginning (its own shuffle order)."""
+        self.state = StreamState(self.workers, epoch=epoch)
+
     def worker_refs(self, worker: int) -> list[Ref]:
         mine = self.refs[self.rank::self.world_size][worker::self.workers]
         rng = random.Random(f"{self.seed}/{self.state.epoch}/{self.rank}/{worker}")
