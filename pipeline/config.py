@@ -101,6 +101,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is Any:
         return value
     if hint is float:
+        if isinstance(value, str):   # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
