@@ -12,7 +12,11 @@ ARGS ?=
 RUN_FLAGS = $(if $(SOURCE),--source $(SOURCE)) $(if $(RUN),--run $(RUN)) \
             $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) $(foreach s,$(SET),--set $(s)) $(ARGS)
 
-.PHONY: setup setup-models system-deps pretrain-set sft-set test bench samples clean
+MODEL ?= tiny-qwen2-vl
+TRAIN ?= sft
+WORKERS ?=
+
+.PHONY: setup setup-models system-deps pretrain-set sft-set train test bench samples clean
 
 setup: $(VENV)/.installed system-deps
 setup-models: $(VENV)/.installed-models system-deps
@@ -47,6 +51,13 @@ pretrain-set: setup-models
 
 sft-set: setup-models
 	$(PY) -m pipeline run sft $(RUN_FLAGS)
+
+# Fine-tune on a run's shards: `make train` = the SFT sample run with the tiny random Qwen2-VL on CPU;
+# `make train TRAIN=pretrain`, `RUN=runs/x MODEL=/path/to/Qwen2-VL WORKERS=4 RAY_ADDRESS=auto SET="lr=1e-5"`.
+train: setup-models
+	$(PY) -m training.train --profile $(TRAIN) --data $(or $(RUN),runs/$(TRAIN)) \
+	  --out $(or $(RUN),runs/$(TRAIN))/train --model $(MODEL) $(if $(WORKERS),--workers $(WORKERS)) \
+	  $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) $(foreach s,$(SET),--set $(s))
 
 test: setup-models
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q $(ARGS)

@@ -91,6 +91,9 @@ class TrainConfig:
 def data_refs(data: str) -> list:
     from training.loader import jsonl_refs, shard_refs
 
+    if "://" not in data and "{" not in data and not Path(data).exists():
+        raise ValueError(f"{data}: no such run, shards or JSONL (build a run with `make sft-set` or "
+                         f"`make pretrain-set` first)")
     if data.endswith(".jsonl"):
         return jsonl_refs([data])
     if "://" not in data and (Path(data) / "shards").is_dir():
@@ -138,8 +141,9 @@ class Distributed:
         return float(tensor.item())
 
 
-def train(cfg: TrainConfig) -> dict:
-    """One worker's training loop (all workers run it). Returns the last step's metrics."""
+def train(cfg: TrainConfig, keep_model: list | None = None) -> dict:
+    """One worker's training loop (all workers run it). Returns the last step's metrics; the trained
+    model is appended to `keep_model` when given (for use in the same process)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -228,6 +232,8 @@ def train(cfg: TrainConfig) -> dict:
             if step % cfg.checkpoint_every == 0 or step == total:
                 _save(cfg, env, step, model, tokenizer, optimizer, scheduler, stream)
     progress.close()
+    if keep_model is not None:
+        keep_model.append(model)
     return result
 
 
