@@ -13,7 +13,7 @@ in the reference.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 FPS = 2.0
@@ -57,24 +57,30 @@ class Step:
         return " ".join(self.words) + STREAMING
 
 
+def step_spans(count: int, fps: float = FPS, initial_frames: int = INITIAL_FRAMES,
+               step_frames: int = STEP_FRAMES) -> list[Step]:
+    """The steps over `count` sampled frames, without words: frames [0, 6), then 2 at a time."""
+    edges = [0] + [b for b in range(0, count, step_frames) if b >= initial_frames]
+    return [Step(first, edges[n + 1] if n + 1 < len(edges) else count, first / fps,
+                 (first + (initial_frames if n == 0 else step_frames)) / fps, ())
+            for n, first in enumerate(edges) if count]
+
+
 def interleave(words: Sequence[Sequence[Any]], frame_times: Sequence[float], fps: float = FPS,
                initial_frames: int = INITIAL_FRAMES, step_frames: int = STEP_FRAMES) -> list[Step]:
     """Steps over the clip's sampled frames (`frame_times`: their timestamps, in the words' timeline).
     `words`: [start, end, word] in time order."""
     steps: list[Step] = []
     cursor = 0
-    bounds = list(range(0, len(frame_times), step_frames))
-    edges = [0] + [b for b in bounds if b >= initial_frames]
-    for n, first in enumerate(edges):
-        last = edges[n + 1] if n + 1 < len(edges) else len(frame_times)
-        final = n + 1 == len(edges)
-        stamp = frame_times[last - 1]
+    spans = step_spans(len(frame_times), fps, initial_frames, step_frames)
+    for n, span in enumerate(spans):
+        final = n + 1 == len(spans)
+        stamp = frame_times[span.last - 1]
         taken = []
         while cursor < len(words) and (final or words[cursor][1] <= stamp):
             taken.append(str(words[cursor][2]).strip())
             cursor += 1
-        steps.append(Step(first, last, first / fps, (first + (initial_frames if n == 0 else step_frames)) / fps,
-                          tuple(w for w in taken if w)))
+        steps.append(replace(span, words=tuple(w for w in taken if w)))
     while steps and not steps[-1].words:
         steps.pop()
     return steps

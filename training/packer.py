@@ -60,6 +60,18 @@ class ChatPieces:
         return [self.special["<|vision_start|>"]] + [self.special["<|video_pad|>"]] * pads + \
             [self.special["<|vision_end|>"]]
 
+    def system_turn(self) -> list[int]:
+        return self.turn_start("system") + self.text(SYSTEM) + self.end_turn()
+
+    def end_turn(self) -> list[int]:
+        return [self.special["<|im_end|>"]] + self.newline
+
+    def user_step(self, time_text: str, grid_thw: Sequence[int], context: str = "") -> list[int]:
+        """A step's user turn (its `Time=` text, its video, the context on the first step), then the
+        assistant turn's opening."""
+        return (self.turn_start("user") + self.text(time_text) + self.video(vision.tokens_per_video(grid_thw))
+                + self.text(context) + self.end_turn() + self.turn_start("assistant"))
+
 
 def pack(words: Sequence[Sequence[Any]], frames: Sequence[np.ndarray], frame_times: Sequence[float],
          pieces: ChatPieces, context: str = "") -> Packed:
@@ -77,7 +89,7 @@ def pack(words: Sequence[Sequence[Any]], frames: Sequence[np.ndarray], frame_tim
         ids.extend(tokens)
         labels.extend(tokens if trained else [IGNORE] * len(tokens))
 
-    add(pieces.turn_start("system") + pieces.text(SYSTEM) + [pieces.special["<|im_end|>"]] + pieces.newline)
+    add(pieces.system_turn())
     patches, grids = [], []
     for n, step in enumerate(steps):
         step_frames = sized[step.first:step.last]
@@ -86,9 +98,7 @@ def pack(words: Sequence[Sequence[Any]], frames: Sequence[np.ndarray], frame_tim
         values, grid = vision.patchify(step_frames)
         patches.append(values)
         grids.append(grid)
-        add(pieces.turn_start("user") + pieces.text(step.time_text) + pieces.video(vision.tokens_per_video(grid))
-            + pieces.text(context if n == 0 else "") + [pieces.special["<|im_end|>"]] + pieces.newline)
-        add(pieces.turn_start("assistant"))
+        add(pieces.user_step(step.time_text, grid, context if n == 0 else ""))
         add(pieces.text(step.text) + [pieces.special["<|im_end|>"]], trained=True)
         add(pieces.newline)
     return Packed(np.array(ids, dtype=np.int64), np.array(labels, dtype=np.int64),
