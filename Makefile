@@ -70,6 +70,7 @@ bench: setup-models
 	$(PY) -m bench.transcript_language
 	$(PY) -m bench.prompt
 	$(PY) -m bench.packing
+	$(PY) -m bench.stream
 
 clean:
 	rm -rf runs samples/build

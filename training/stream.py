@@ -90,6 +90,14 @@ class StreamSession:
         self.positions = Positions(model)
         self.steps = 0
 
+    def reencoding(self) -> "StreamSession":
+        """A copy of this session at its current point that re-encodes the whole conversation each step."""
+        other = StreamSession(self.model, self.pieces, self.query, self.max_new_tokens, reencode=True)
+        conv = self.conversation
+        other.conversation = Conversation(list(conv.ids), list(conv.pixels), [list(g) for g in conv.grids])
+        other.pending, other.steps = list(self.pending), self.steps
+        return other
+
     def step(self, frames: np.ndarray, time_text: str) -> StepResult:
         """Feed one step's frames (uint8, already at the clip's frame size, an even count) and generate."""
         import torch
