@@ -71,6 +71,7 @@ bench: setup-models
 	$(PY) -m bench.prompt
 	$(PY) -m bench.packing
 	$(PY) -m bench.stream
+	$(PY) -m bench.train
 
 clean:
 	rm -rf runs samples/build

@@ -290,3 +290,27 @@ def test_shard_samples_and_jsonl_rows_pack_alike_into_one_batch(sft_run, tmp_pat
     pads = int((batch["input_ids"] == pieces.special["<|video_pad|>"]).sum())
     assert pads == sum(tokens_per_video(g) for g in batch["video_grid_thw"].tolist())
     assert batch["pixel_values_videos"].shape[0] == int(batch["video_grid_thw"].prod(dim=1).sum())
+
+
+def test_make_train_and_stream_on_the_sample_run(sft_run, tmp_path):
+    """What `make train` runs (the sft training profile, the tiny random Qwen2-VL), two steps on the
+    sample run's frame shards, then streaming inference with its checkpoint on a sample video."""
+    run_dir, _ = sft_run
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = tmp_path / "train"
+    trained = subprocess.run([sys.executable, "-m", "training.train", "--profile", "sft", "--data", str(run_dir),
+                              "--out", str(out), "--set", "max_steps=2", "--set", "threads=2"],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "trained to step 2" in trained.stdout and "tokens/s" in trained.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["labelled"] > 0 and r["samples"] == 2 for r in rows)
+    assert all(r["lr"] <= 1e-5 for r in rows)                      # the SFT profile's learning rate
+    media = sorted((run_dir / "media").glob("talk_normal*.mp4"))[0]
+    streamed = subprocess.run([sys.executable, "-m", "training.stream", str(media), "--model",
+                               str(out / "checkpoints" / "step-000002" / "model"), "--seconds", "4.9",
+                               "--max-new-tokens", "2", "--query", "Describe it."],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert streamed.returncode == 0, streamed.stderr[-3000:]
+    assert streamed.stdout.splitlines()[0].startswith("[   0.0-   3.0 s]")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,6 +118,27 @@ def test_two_ray_workers_match_one_with_the_same_global_batch(shards, tmp_path, 
     rows = [[json.loads(line) for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
             for n in ("one", "two")]
     assert [r["tokens"] for r in rows[0]] == [r["tokens"] for r in rows[1]]
+
+
+def test_fsdp_workers_match_and_resume_at_an_epoch_boundary(shards, tmp_path, ray_local):
+    """FSDP2 (sharded parameters and optimizer state, gloo) gives the single worker's curve; its
+    checkpoint gathers a plain model folder, and a job resumed from the checkpoint that closed epoch 0
+    starts epoch 1 from its beginning."""
+    from training.train import TrainConfig, launch
+
+    common = dict(data=str(shards["eight"]), global_batch=4, max_steps=4, checkpoint_every=2, lr=1e-3,
+                  warmup_steps=1, threads=1)
+    launch(TrainConfig(out=str(tmp_path / "one"), **common))
+    sharded = TrainConfig(out=str(tmp_path / "fsdp"), workers=2, strategy="fsdp", **common)
+    launch(sharded)
+    assert losses(tmp_path / "fsdp") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    folder = tmp_path / "fsdp" / "checkpoints"
+    assert (folder / "step-000004" / "model" / "model.safetensors").exists()
+    (folder / "latest").write_text("step-000002")          # 8 samples, 4 a step: step 2 ended epoch 0
+    shutil.rmtree(folder / "step-000004")
+    launch(sharded)
+    assert losses(tmp_path / "fsdp") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    assert len(losses(tmp_path / "fsdp")) == 4
 
 
 def test_bad_configuration_fails_before_training(shards, tmp_path):

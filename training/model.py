@@ -17,15 +17,34 @@ from typing import Any
 TINY = "tiny-qwen2-vl"
 TINY_CONFIG = Path(__file__).parent / "models" / f"{TINY}.json"
 IGNORE = -100
-ATTENTION = ("sdpa", "eager", "flash_attention_2")
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def load_model(name: str, dtype: str = "float32", attention: str = "sdpa", seed: int = 0) -> Any:
+def resolve(device: str, dtype: str, attention: str) -> tuple[str, str]:
+    """`auto` settings for a device: bfloat16 and FlashAttention 2 on GPUs that have them (the
+    `flash_attn` package installed), float32 and PyTorch's SDPA otherwise."""
+    import importlib.util
+
+    import torch
+
+    gpu = device == "cuda" and torch.cuda.is_available()
+    if dtype == "auto":
+        dtype = "bfloat16" if gpu and torch.cuda.is_bf16_supported() else "float32"
+    if attention == "auto":
+        flash = gpu and importlib.util.find_spec("flash_attn") is not None and dtype in ("bfloat16", "float16")
+        attention = "flash_attention_2" if flash else "sdpa"
+    return dtype, attention
+
+
+def load_model(name: str, dtype: str = "float32", attention: str = "sdpa", seed: int = 0,
+               device: str = "cpu") -> Any:
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    if attention not in ATTENTION:
-        raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, not {attention!r}")
+    if attention not in ATTENTION or dtype not in DTYPES:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION)} and dtype one of {', '.join(DTYPES)}")
+    dtype, attention = resolve(device, dtype, attention)
     torch_dtype = getattr(torch, dtype)
     if name == TINY:
         values = json.loads(TINY_CONFIG.read_text())

@@ -16,12 +16,12 @@ from the last checkpoint: model, optimizer, scheduler, RNG and the loader's exac
 curve is the uninterrupted one.
 
 One worker runs in this process; `--workers N` (N > 1) or `--ray-address` runs N workers with Ray Train
-(`TorchTrainer`): DDP over gloo on CPUs, over NCCL on GPUs (`device: cuda`).
+(`TorchTrainer`), over gloo on CPUs and NCCL on GPUs (`device: cuda`): `strategy: ddp` (DDP) or `fsdp`
+(FSDP2, sharded parameters and optimizer state: training/parallel.py).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -35,7 +35,8 @@ from typing import Any
 import yaml
 
 from training import checkpoint
-from training.model import ATTENTION, IGNORE, TINY
+from training.parallel import STRATEGIES, Parallel
+from training.model import ATTENTION, DTYPES, IGNORE, TINY
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles" / "train"
 
@@ -57,8 +58,8 @@ class TrainConfig:
     micro_batch: int = 1            # samples per forward pass on one worker
     with_context: bool = False      # title + previous words in the first turn (pretraining)
     freeze_vision: bool = False
-    dtype: str = "float32"          # bfloat16 on GPUs
-    attention: str = "sdpa"         # sdpa | eager | flash_attention_2
+    dtype: str = "auto"             # auto (bfloat16 on GPUs that have it, else float32) | float32 | bfloat16 | float16
+    attention: str = "auto"         # auto (flash_attention_2 on GPUs with flash_attn, else sdpa) | sdpa | eager
     device: str = "cpu"             # cpu | cuda
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -66,6 +67,7 @@ class TrainConfig:
     loader_workers: int = 0         # DataLoader processes per worker (0: load in the training process)
     threads: int = 0                # torch CPU threads per worker (0: torch's default)
     workers: int = 1                # training workers; > 1 runs Ray Train
+    strategy: str = "ddp"           # ddp (whole model per worker) | fsdp (sharded; GPUs)
     ray_address: str = ""           # an existing Ray cluster (HOST:PORT or auto)
 
     def __post_init__(self) -> None:
@@ -78,10 +80,12 @@ class TrainConfig:
         if self.global_batch % (self.micro_batch * self.workers):
             raise ValueError(f"global_batch ({self.global_batch}) must be a multiple of micro_batch x workers "
                              f"({self.micro_batch} x {self.workers})")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.attention not in ATTENTION:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, not {self.attention!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, not {self.device!r}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1 or self.checkpoint_every < 1:
@@ -117,30 +121,6 @@ def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-class Distributed:
-    """rank, world size and the collectives the loop needs; one process when torch.distributed is off."""
-
-    def __init__(self) -> None:
-        import torch.distributed as dist
-
-        self.dist = dist if dist.is_available() and dist.is_initialized() else None
-        self.rank = self.dist.get_rank() if self.dist else 0
-        self.world = self.dist.get_world_size() if self.dist else 1
-
-    def barrier(self) -> None:
-        if self.dist:
-            self.dist.barrier()
-
-    def sum(self, value: float) -> float:
-        if not self.dist:
-            return value
-        import torch
-
-        tensor = torch.tensor([value], dtype=torch.float64)
-        self.dist.all_reduce(tensor)
-        return float(tensor.item())
-
-
 def train(cfg: TrainConfig, keep_model: list | None = None) -> dict:
     """One worker's training loop (all workers run it). Returns the last step's metrics; the trained
     model is appended to `keep_model` when given (for use in the same process)."""
@@ -149,11 +129,11 @@ def train(cfg: TrainConfig, keep_model: list | None = None) -> dict:
 
     from training.batches import collate, packing
     from training.loader import ClipStream
-    from training.model import load_model, loss_model
+    from training.model import load_model, loss_model, resolve
     from training.packer import ChatPieces
     from training.tokenizer import PACKAGE, load_tokenizer
 
-    env = Distributed()
+    env = Parallel(cfg.strategy)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cfg.device == "cuda" else "cpu")
@@ -161,14 +141,13 @@ def train(cfg: TrainConfig, keep_model: list | None = None) -> dict:
     pieces = ChatPieces(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else pieces.special["<|endoftext|>"]
     last = checkpoint.latest(cfg.out)       # resume: the model folder of the last whole checkpoint
-    model = load_model(str(last / "model") if last else cfg.model, cfg.dtype, cfg.attention, cfg.seed).to(device)
+    # float32 master weights and optimizer state; the forward and backward pass in `compute`
+    compute, attention = resolve(cfg.device, cfg.dtype, cfg.attention)
+    model = load_model(str(last / "model") if last else cfg.model, "float32", attention, cfg.seed,
+                       cfg.device).to(device)
     if cfg.freeze_vision:
         model.model.visual.requires_grad_(False)
-    net = loss_model(model)
-    if env.dist:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    net = env.wrap(loss_model(model), model, device, compute)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     refs = data_refs(cfg.data)
@@ -182,7 +161,7 @@ def train(cfg: TrainConfig, keep_model: list | None = None) -> dict:
 
     step, data_state = 0, None
     if last is not None:
-        optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=False))
+        env.load_optimizer(model, optimizer, last / "optimizer.pt")
         trainer = torch.load(last / "trainer.pt", weights_only=False)
         scheduler.load_state_dict(trainer["scheduler"])
         step = trainer["step"]
@@ -197,9 +176,10 @@ def train(cfg: TrainConfig, keep_model: list | None = None) -> dict:
         stream = ClipStream(epoch_refs(refs, cfg.seed, epoch), packing(pieces, cfg.with_context),
                             workers=max(1, cfg.loader_workers), rank=env.rank, world_size=env.world,
                             batch_size=cfg.micro_batch)
-        if data_state is not None:
+        stream.set_epoch(epoch)
+        if data_state is not None and data_state["epoch"] == epoch:   # not when it stopped at an epoch's end
             stream.load_state_dict(data_state)
-            data_state = None
+        data_state = None
         batches = iter(DataLoader(stream, batch_size=None, num_workers=cfg.loader_workers))
         while step < total and step // per_epoch == epoch:
             t0 = time.perf_counter()
@@ -208,8 +188,7 @@ def train(cfg: TrainConfig, keep_model: list | None = None) -> dict:
             labelled = env.sum(sum(float((c["labels"][:, 1:] != IGNORE).sum()) for c in collated))
             loss_sum = 0.0
             for i, batch in enumerate(collated):
-                sync = contextlib.nullcontext() if not env.dist or i == accum - 1 else net.no_sync()
-                with sync:
+                with env.micro_step(net, last=i == accum - 1):
                     loss, _ = net(batch)
                     (loss * env.world / max(labelled, 1.0)).backward()
                 loss_sum += float(loss.detach())
@@ -237,17 +216,19 @@ def train(cfg: TrainConfig, keep_model: list | None = None) -> dict:
     return result
 
 
-def _save(cfg: TrainConfig, env: Distributed, step: int, model: Any, tokenizer: Any, optimizer: Any,
+def _save(cfg: TrainConfig, env: Parallel, step: int, model: Any, tokenizer: Any, optimizer: Any,
           scheduler: Any, stream: Any) -> None:
     import torch
+
+    weights, state = env.full_state(model, optimizer)      # every rank takes part (FSDP gathers)
 
     def write_main(tmp: Path) -> None:
         from transformers.utils import logging
 
         logging.disable_progress_bar()
-        model.save_pretrained(tmp / "model")
+        model.save_pretrained(tmp / "model", state_dict=weights)
         tokenizer.save_pretrained(tmp / "model")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(state, tmp / "optimizer.pt")
         torch.save({"step": step, "scheduler": scheduler.state_dict(), "config": dataclasses.asdict(cfg)},
                    tmp / "trainer.pt")
 
@@ -346,7 +327,19 @@ def main(argv: list[str] | None = None) -> int:
     last = launch(cfg)
     print(f"trained to step {last.get('step')}: loss {last.get('loss', float('nan')):.4f}; "
           f"checkpoint {checkpoint.latest(cfg.out)}; metrics {Path(cfg.out) / 'metrics.jsonl'}")
+    print(throughput(Path(cfg.out) / "metrics.jsonl"))
     return 0
+
+
+def throughput(metrics: Path) -> str:
+    """Tokens/s and samples/s over the logged steps (the first step left out: it warms up)."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()][1:]
+    seconds = sum(r["seconds"] for r in rows)
+    if not rows or seconds <= 0:
+        return "throughput: too few steps to measure"
+    return (f"throughput over steps {rows[0]['step']}-{rows[-1]['step']}: "
+            f"{sum(r['tokens'] for r in rows) / seconds:.0f} tokens/s, {sum(r['samples'] for r in rows) / seconds:.2f} "
+            f"samples/s ({seconds / len(rows):.2f} s a step)")
 
 
 if __name__ == "__main__":
