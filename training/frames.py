@@ -8,7 +8,7 @@ decoded once, in order, after one seek, and only the chosen ones are converted t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -35,9 +35,11 @@ def read_clip(source: str | BinaryIO, start: float, end: float, fps: float = FPS
 
 
 def decode_clip(source: str | BinaryIO, start: float, end: float, fps: float = FPS,
-                max_frames: int = MAX_FRAMES, threads: int = 0) -> Clip:
+                max_frames: int = MAX_FRAMES, threads: int = 0,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Clip:
     """`read_clip`, plus where the clip's video stops (a clip running past the media's end stops early).
-    `threads`: decoder threads (0: as many as the codec likes). Raises NoVideo, or PyAV's errors for
+    `threads`: decoder threads (0: as many as the codec likes); `transform`: applied to each chosen frame
+    as it is decoded (a resize keeps a long video's frames small). Raises NoVideo, or PyAV's errors for
     media that does not open or decode."""
     import av
 
@@ -68,7 +70,9 @@ def decode_clip(source: str | BinaryIO, start: float, end: float, fps: float = F
                 target = t
             image = None
             while target <= t + 1e-6 and len(times) < max_frames:
-                image = frame.to_ndarray(format="rgb24") if image is None else image
+                if image is None:
+                    image = frame.to_ndarray(format="rgb24")
+                    image = transform(image) if transform else image
                 frames.append(image)
                 times.append(t)
                 target = times[0] + len(times) / fps

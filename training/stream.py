@@ -152,15 +152,26 @@ class StreamSession:
 
 
 def video_frames(source: str, seconds: float | None = None) -> tuple[np.ndarray, list[float]]:
-    """The video's frames at 2 fps, all resized to one size (the packer's rule for that many frames)."""
-    from training.frames import decode_clip
+    """The video's frames at 2 fps, each resized as it is decoded to one size: the packer's rule for
+    the frame count the video's duration gives."""
+    import av
 
-    end = seconds if seconds is not None else 1e9
-    clip = decode_clip(source, 0.0, end, max_frames=10**6)
+    from training.frames import NoVideo, decode_clip
+
+    with av.open(source) as container:
+        if not container.streams.video:
+            raise NoVideo(f"{source}: no video stream")
+        stream = container.streams.video[0]
+        height, width = stream.codec_context.height, stream.codec_context.width
+        duration = float(stream.duration * stream.time_base) if stream.duration else \
+            (container.duration / 1e6 if container.duration else 240.0)
+    span = min(duration, seconds) if seconds is not None else duration
+    size = vision.clip_frame_size(height, width, max(2, int(span * 2) + 2))
+    clip = decode_clip(source, 0.0, seconds if seconds is not None else 1e9, max_frames=10**7,
+                       transform=lambda frame: vision.resize_frames([frame], size)[0])
     if not clip.frames:
-        raise ValueError(f"{source}: no video frames")
-    size = vision.clip_frame_size(*clip.frames[0].shape[:2], len(clip.frames))
-    return vision.resize_frames(clip.frames, size), clip.times
+        raise NoVideo(f"{source}: no video frames")
+    return np.stack(clip.frames), clip.times
 
 
 def fetch(source: str, folder: str) -> str:
