@@ -1,0 +1,229 @@
+"""Light-ASD (Liao et al., CVPR 2023, MIT): active speaker scores of face tracks from their frames and the
+audio, written here in PyTorch to load the official `finetuning_TalkSet.model` weights with strict=True.
+
+Inputs per track of T frames (25 fps): `faces` (T, 112, 112) gray 0..255, and `mfcc` (4T, 13) from
+`mfcc()` of the 16 kHz audio over the same span. Output: one raw logit per frame (the second of the two
+logits of the audio-visual head); a frame is "speaking" when it is > 0.
+
+The network (from the weights' layout and the reference's behaviour, ../shared/models/light_asd/README):
+- visual: three blocks (1 -> 32 -> 64 -> 128 channels), each the sum of two branches (k = 3, 5) of a
+  spatial k x k conv and a temporal k conv, then a 1x1x1 conv, every conv followed by BatchNorm + ReLU;
+  block 1's spatial convs stride 2; max-pool (1, 3, 3)/(1, 2, 2) after blocks 1 and 2; max over space.
+- audio: the same pattern in 2D over (cepstrum, time) with (k, 1) and (1, k) convs; max-pool over time
+  (3, stride 2) after blocks 1 and 2 (4T -> T); mean over the cepstral axis.
+- fusion: visual + audio embeddings, a forward GRU, GELU, a GRU over reversed time, GELU; a linear head.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+VISUAL_MEAN, VISUAL_STD = 0.4161, 0.1688
+BN_EPS = 1e-3
+
+
+def mfcc(signal: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """13 MFCCs per 10 ms (25 ms frames), float64, as python_speech_features 0.6's `mfcc` with its
+    defaults: pre-emphasis 0.97, rectangular window, 512-point power spectrum / 512, 26 mel filters
+    0..rate/2, log, orthonormal DCT-II, lifter 22, c0 = log frame energy; zeros become float eps."""
+    signal = np.asarray(signal, dtype=np.float64)
+    emphasised = np.append(signal[:1], signal[1:] - 0.97 * signal[:-1])
+    length, step, nfft = int(round(0.025 * rate)), int(round(0.01 * rate)), 512
+    count = 1 if len(emphasised) <= length else 1 + int(math.ceil((len(emphasised) - length) / step))
+    padded = np.concatenate([emphasised, np.zeros((count - 1) * step + length - len(emphasised))])
+    frames = padded[np.arange(length)[None, :] + step * np.arange(count)[:, None]]
+    power = np.abs(np.fft.rfft(frames, nfft)) ** 2 / nfft
+    energy = power.sum(axis=1)
+    energy = np.where(energy == 0, np.finfo(float).eps, energy)
+    feat = power @ mel_filters(26, nfft, rate).T
+    feat = np.log(np.where(feat == 0, np.finfo(float).eps, feat))
+    cepstra = feat @ dct_matrix(feat.shape[1]).T[:, :13]
+    cepstra *= 1 + 11.0 * np.sin(np.pi * np.arange(13) / 22)
+    cepstra[:, 0] = np.log(energy)
+    return cepstra
+
+
+def mel_filters(count: int, nfft: int, rate: int) -> np.ndarray:
+    high = 2595 * np.log10(1 + (rate / 2) / 700)
+    hz = 700 * (10 ** (np.linspace(0, high, count + 2) / 2595) - 1)
+    bins = np.floor((nfft + 1) * hz / rate)
+    filters = np.zeros((count, nfft // 2 + 1))
+    for j in range(count):
+        left, centre, right = int(bins[j]), int(bins[j + 1]), int(bins[j + 2])
+        for i in range(left, centre):
+            filters[j, i] = (i - bins[j]) / (bins[j + 1] - bins[j])
+        for i in range(centre, right):
+            filters[j, i] = (bins[j + 2] - i) / (bins[j + 2] - bins[j + 1])
+    return filters
+
+
+def dct_matrix(n: int) -> np.ndarray:
+    """Orthonormal DCT-II as a matrix: row k = the k-th basis vector."""
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    matrix = np.cos(np.pi * k * (2 * i + 1) / (2 * n)) * math.sqrt(2 / n)
+    matrix[0] /= math.sqrt(2)
+    return matrix
+
+
+def build_model():
+    """The Light-ASD module tree whose state dict is the official weights' (less the unused visual-only
+    head `lossV`)."""
+    import torch
+    from torch import nn
+
+    def conv_bn(conv: nn.Module, channels: int, dims: int) -> tuple[nn.Module, nn.Module]:
+        norm = nn.BatchNorm3d(channels, eps=BN_EPS) if dims == 3 else nn.BatchNorm2d(channels, eps=BN_EPS)
+        return conv, norm
+
+    class VisualBlock(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            for k in (3, 5):
+                setattr(self, f"s_{k}", nn.Conv3d(cin, cout, (1, k, k), (1, stride, stride), (0, k // 2, k // 2), bias=False))
+                setattr(self, f"bn_s_{k}", nn.BatchNorm3d(cout, eps=BN_EPS))
+                setattr(self, f"t_{k}", nn.Conv3d(cout, cout, (k, 1, 1), 1, (k // 2, 0, 0), bias=False))
+                setattr(self, f"bn_t_{k}", nn.BatchNorm3d(cout, eps=BN_EPS))
+            self.last = nn.Conv3d(cout, cout, 1, bias=False)
+            self.bn_last = nn.BatchNorm3d(cout, eps=BN_EPS)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            total = 0
+            for k in (3, 5):
+                y = torch.relu(getattr(self, f"bn_s_{k}")(getattr(self, f"s_{k}")(x)))
+                total = total + torch.relu(getattr(self, f"bn_t_{k}")(getattr(self, f"t_{k}")(y)))
+            return torch.relu(self.bn_last(self.last(total)))
+
+    class AudioBlock(nn.Module):
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__()
+            for k in (3, 5):
+                setattr(self, f"m_{k}", nn.Conv2d(cin, cout, (k, 1), 1, (k // 2, 0), bias=False))
+                setattr(self, f"bn_m_{k}", nn.BatchNorm2d(cout, eps=BN_EPS))
+                setattr(self, f"t_{k}", nn.Conv2d(cout, cout, (1, k), 1, (0, k // 2), bias=False))
+                setattr(self, f"bn_t_{k}", nn.BatchNorm2d(cout, eps=BN_EPS))
+            self.last = nn.Conv2d(cout, cout, 1, bias=False)
+            self.bn_last = nn.BatchNorm2d(cout, eps=BN_EPS)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            total = 0
+            for k in (3, 5):
+                y = torch.relu(getattr(self, f"bn_m_{k}")(getattr(self, f"m_{k}")(x)))
+                total = total + torch.relu(getattr(self, f"bn_t_{k}")(getattr(self, f"t_{k}")(y)))
+            return torch.relu(self.bn_last(self.last(total)))
+
+    class VisualEncoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block1, self.block2, self.block3 = VisualBlock(1, 32, 2), VisualBlock(32, 64, 1), VisualBlock(64, 128, 1)
+            self.pool = nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
+
+        def forward(self, faces: torch.Tensor) -> torch.Tensor:      # (B, T, 112, 112) normalised
+            x = self.pool(self.block1(faces.unsqueeze(1)))
+            x = self.block3(self.pool(self.block2(x)))                 # (B, 128, T, 14, 14)
+            return x.amax(dim=(3, 4)).transpose(1, 2)                  # (B, T, 128)
+
+    class AudioEncoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block1, self.block2, self.block3 = AudioBlock(1, 32), AudioBlock(32, 64), AudioBlock(64, 128)
+            self.pool = nn.MaxPool2d((1, 3), (1, 2), (0, 1))
+
+        def forward(self, mfcc: torch.Tensor) -> torch.Tensor:        # (B, 4T, 13)
+            x = self.pool(self.block1(mfcc.transpose(1, 2).unsqueeze(1)))
+            x = self.block3(self.pool(self.block2(x)))                 # (B, 128, 13, T)
+            return x.mean(dim=2).transpose(1, 2)                       # (B, T, 128)
+
+    class Backend(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru_forward = nn.GRU(128, 128, batch_first=True)
+            self.gru_backward = nn.GRU(128, 128, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = nn.functional.gelu(self.gru_forward(x)[0])
+            x = self.gru_backward(x.flip(1))[0].flip(1)
+            return nn.functional.gelu(x)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.visualEncoder, self.audioEncoder, self.GRU = VisualEncoder(), AudioEncoder(), Backend()
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.FC = nn.Linear(128, 2)
+
+    class LightASD(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model, self.lossAV = Net(), Head()
+
+        def embeddings(self, faces: torch.Tensor, mfcc: torch.Tensor) -> dict:
+            """faces (B, T, 112, 112) gray 0..255, mfcc (B, 4T, 13): every intermediate the parity test reads."""
+            visual = self.model.visualEncoder((faces / 255.0 - VISUAL_MEAN) / VISUAL_STD)
+            audio = self.model.audioEncoder(mfcc)
+            backend = self.model.GRU(visual + audio)
+            logits = self.lossAV.FC(backend)
+            return {"visual_embed": visual, "audio_embed": audio, "backend_out": backend, "logits": logits,
+                    "score": logits[..., 1]}
+
+        def forward(self, faces: torch.Tensor, mfcc: torch.Tensor) -> torch.Tensor:
+            return self.embeddings(faces, mfcc)["score"]
+
+    return LightASD()
+
+
+def load_model(path: str):
+    """Light-ASD with the official weights (the visual-only head `lossV`, unused at inference, dropped),
+    strict=True, in eval mode."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("lossV.")}
+    model = build_model()
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def score_tracks(model, tracks: list[tuple[np.ndarray, np.ndarray]], pad_like_reference: bool = False,
+                 max_batch: int = 64) -> list[np.ndarray]:
+    """Per-frame scores of face tracks [(faces (T, 112, 112), mfcc (4T, 13))], batched.
+
+    Tracks of equal length share a forward pass, so a track scores as it would alone. The reference
+    instead pads every track of a window to the longest (faces 0, MFCC 0) and cuts the scores back;
+    its temporal convolutions and backward GRU then read the padding, which moves real frames' scores
+    (up to 2.2 in the parity fixture). `pad_like_reference=True` reproduces that."""
+    import torch
+
+    scores: list[np.ndarray | None] = [None] * len(tracks)
+    if pad_like_reference:
+        groups = {max(len(f) for f, _ in tracks): list(range(len(tracks)))} if tracks else {}
+    else:
+        groups = {}
+        for i, (faces, _) in enumerate(tracks):
+            groups.setdefault(len(faces), []).append(i)
+    with torch.no_grad():
+        for length, members in groups.items():
+            for start in range(0, len(members), max_batch):
+                chunk = members[start:start + max_batch]
+                faces = np.zeros((len(chunk), length, 112, 112), np.float32)
+                mfccs = np.zeros((len(chunk), 4 * length, 13), np.float32)
+                for row, i in enumerate(chunk):
+                    f, m = tracks[i]
+                    faces[row, :len(f)], mfccs[row, :len(m)] = f, m
+                out = model(torch.from_numpy(faces), torch.from_numpy(mfccs)).numpy()
+                for row, i in enumerate(chunk):
+                    scores[i] = out[row, :len(tracks[i][0])]
+    return scores  # type: ignore[return-value]
+
+
+def window_ratio(window: int, tracks: list[tuple[int, np.ndarray]]) -> tuple[float, np.ndarray]:
+    """(share of the window's frames where some track speaks, that frame mask): tracks as (first frame in
+    the window, per-frame scores)."""
+    speaking = np.zeros(window, dtype=bool)
+    for first, scores in tracks:
+        speaking[first:first + len(scores)] |= np.asarray(scores) > 0
+    return float(speaking.mean()), speaking
