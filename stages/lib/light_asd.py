@@ -73,10 +73,6 @@ def build_model():
     import torch
     from torch import nn
 
-    def conv_bn(conv: nn.Module, channels: int, dims: int) -> tuple[nn.Module, nn.Module]:
-        norm = nn.BatchNorm3d(channels, eps=BN_EPS) if dims == 3 else nn.BatchNorm2d(channels, eps=BN_EPS)
-        return conv, norm
-
     class VisualBlock(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int) -> None:
             super().__init__()
