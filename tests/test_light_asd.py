@@ -11,7 +11,7 @@ import pytest
 
 FOLDER = Path(__file__).resolve().parent.parent.parent / "shared" / "models" / "light_asd"
 torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.skipif(not (FOLDER / "parity.npz").exists(), reason="no Light-ASD fixture in ../shared")
+needs_fixture = pytest.mark.skipif(not (FOLDER / "parity.npz").exists(), reason="no Light-ASD fixture in ../shared")
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,7 @@ def model():
     return load_model(str(FOLDER / "finetuning_TalkSet.model"))
 
 
+@needs_fixture
 def test_the_official_weights_load_strictly(model):
     from stages.lib.light_asd import build_model
 
@@ -34,6 +35,7 @@ def test_the_official_weights_load_strictly(model):
     assert not model.training
 
 
+@needs_fixture
 @pytest.mark.parametrize("case", "ABC")
 def test_mfcc_from_the_waveform(fixture, case):
     from stages.lib.light_asd import mfcc
@@ -44,6 +46,7 @@ def test_mfcc_from_the_waveform(fixture, case):
     np.testing.assert_allclose(features[:4 * frames], fixture[f"{case}_mfcc"], atol=1e-3, rtol=0)
 
 
+@needs_fixture
 @pytest.mark.parametrize("case", "ABC")
 def test_model_outputs_from_the_features(fixture, model, case):
     faces = torch.from_numpy(fixture[f"{case}_video_u8"]).float()[None]
@@ -54,6 +57,7 @@ def test_model_outputs_from_the_features(fixture, model, case):
     assert ((out["score"][0].numpy() > 0) == (fixture[f"{case}_score"] > 0)).all()
 
 
+@needs_fixture
 def test_a_window_of_two_tracks(fixture, model):
     from stages.lib.light_asd import score_tracks, window_ratio
 
@@ -72,3 +76,41 @@ def test_a_window_of_two_tracks(fixture, model):
     np.testing.assert_allclose(alone[1], fixture["D_track1_alone_score"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(alone[0], fixture["B_score"], atol=1e-4, rtol=0)
     assert np.abs(padded[1] - alone[1]).max() > 0.1     # the fixture's padding effect is real
+
+
+# weights: the config path, the environment, the shared copy, the cache, a checked download ---------------
+
+def test_weights_come_from_config_env_cache_or_a_checked_download(tmp_path, monkeypatch):
+    import hashlib
+
+    from stages.lib import light_asd
+    from tests.support.http_server import LoopbackServer
+
+    monkeypatch.setattr(light_asd, "shared_weights", lambda: tmp_path / "no-shared" / light_asd.WEIGHTS_NAME)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(light_asd.WEIGHTS_ENV, raising=False)
+    with pytest.raises(ValueError, match="no such file"):
+        light_asd.resolve_weights(str(tmp_path / "missing.model"))
+    mine = tmp_path / "mine.model"
+    mine.write_bytes(b"weights")
+    assert light_asd.resolve_weights(str(mine)) == mine
+    monkeypatch.setenv(light_asd.WEIGHTS_ENV, str(mine))
+    assert light_asd.resolve_weights() == mine
+    monkeypatch.delenv(light_asd.WEIGHTS_ENV)
+    with pytest.raises(ValueError, match="LIGHT_ASD_WEIGHTS"):
+        light_asd.resolve_weights(download=False)
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "w.model").write_bytes(b"the release bytes")
+    good = hashlib.sha256(b"the release bytes").hexdigest()
+    with LoopbackServer(tmp_path / "www") as server:
+        with pytest.raises(ValueError, match="sha256"):
+            light_asd.resolve_weights(url=server.url("w.model"), sha256="0" * 64)
+        assert not (light_asd.cache_dir() / light_asd.WEIGHTS_NAME).exists()     # a wrong file is not kept
+        got = light_asd.resolve_weights(url=server.url("w.model"), sha256=good)
+        assert got == light_asd.cache_dir() / light_asd.WEIGHTS_NAME and got.read_bytes() == b"the release bytes"
+        assert light_asd.resolve_weights(url=server.url("gone.model")) == got   # cached: no second download
+        dead = server.url("w.model")
+    (light_asd.cache_dir() / light_asd.WEIGHTS_NAME).unlink()
+    with pytest.raises(ValueError, match="download from .* failed.*LIGHT_ASD_WEIGHTS"):
+        light_asd.resolve_weights(url=dead, timeout=5)                          # offline: says what to set

@@ -16,6 +16,8 @@ The network (from the weights' layout and the reference's behaviour, ../shared/m
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -223,3 +225,57 @@ def window_ratio(window: int, tracks: list[tuple[int, np.ndarray]]) -> tuple[flo
     for first, scores in tracks:
         speaking[first:first + len(scores)] |= np.asarray(scores) > 0
     return float(speaking.mean()), speaking
+
+
+WEIGHTS_NAME = "finetuning_TalkSet.model"
+WEIGHTS_URL = "https://github.com/Junhua-Liao/Light-ASD/raw/main/weight/finetuning_TalkSet.model"
+WEIGHTS_SHA256 = "efc375833887eefa9d209dc92810e18519b04c3c73ea35a549f2a7f40b7d94d5"
+WEIGHTS_ENV = "LIGHT_ASD_WEIGHTS"
+
+
+def shared_weights() -> Path:
+    """The copy the project's shared folder holds (next to the repository), when there is one."""
+    return Path(__file__).resolve().parents[3] / "shared" / "models" / "light_asd" / WEIGHTS_NAME
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "livecc-data" / "light_asd"
+
+
+def resolve_weights(configured: str = "", url: str = WEIGHTS_URL, sha256: str = WEIGHTS_SHA256,
+                    download: bool = True, timeout: float = 60.0) -> Path:
+    """The Light-ASD weights file: `configured` (a config path), else $LIGHT_ASD_WEIGHTS, else the shared
+    folder's copy, else the model cache, else downloaded from `url` into the cache (checked against the
+    pinned sha256, written atomically). Raises ValueError saying what to set when none is available."""
+    import hashlib
+
+    for source, value in (("active_speaker.weights", configured), (WEIGHTS_ENV, os.environ.get(WEIGHTS_ENV, ""))):
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise ValueError(f"{source} = {value}: no such file")
+            return path
+    if shared_weights().is_file():
+        return shared_weights()
+    cached = cache_dir() / WEIGHTS_NAME
+    if cached.is_file():
+        return cached
+    hint = (f"set active_speaker.weights or ${WEIGHTS_ENV} to a copy of {WEIGHTS_NAME} (Light-ASD, MIT), "
+            f"or let it download from {url}")
+    if not download:
+        raise ValueError(f"no Light-ASD weights: {hint}")
+    import httpx
+
+    try:
+        response = httpx.get(url, follow_redirects=True, timeout=timeout)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ValueError(f"Light-ASD weights: download from {url} failed ({type(exc).__name__}: {exc}); {hint}") from None
+    digest = hashlib.sha256(response.content).hexdigest()
+    if digest != sha256:
+        raise ValueError(f"Light-ASD weights from {url}: sha256 {digest}, expected {sha256}; not used")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(response.content)
+    os.replace(tmp, cached)
+    return cached
