@@ -114,6 +114,15 @@ TALKING_HEAD = pa.schema(list(CLIP_SPLIT) + [
     pa.field("th_backend", pa.string()),     # face | vlm
 ])
 
+ACTIVE_SPEAKER = pa.schema(list(CLIP_SPLIT) + [
+    pa.field("asd_ratio", pa.float64()),            # share of the windows' frames in which some face speaks
+    pa.field("asd_windows", pa.int64()),            # 6 s windows scored (one every 30 s)
+    pa.field("asd_frames", pa.int64()),             # frames in those windows (25 fps)
+    pa.field("asd_tracks", pa.int64()),             # face tracks found
+    pa.field("asd_speaking_tracks", pa.int64()),    # tracks with a speaking frame
+    pa.field("asd_max_track_share", pa.float64()),  # the largest share of its frames one track speaks in
+])
+
 # prompt (a pass-through stage: these follow the input's columns; each task adds its own string columns)
 PROMPT = pa.schema(ROW + [
     ("prompt_verdict", pa.string()),      # the decision field's value (YES / NO)

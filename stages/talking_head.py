@@ -26,8 +26,8 @@ Backends (`backend`):
 - `vlm`: the paper's method: Qwen2-VL (`model`, Qwen2-VL-2B-Instruct in the paper profile) sees the 8
   frames at 320x180 as one video and the question of section 6; the score is the probability of "Yes"
   as the next token (stages/lib/vlm.py says how the inputs and the token are built).
-- `asd`: Light-ASD active speaker detection (section 6, B5): planned, rejected by check() for now. A
-  backend is a class in BACKENDS (frame_spec, check, resources, load, score); add it there.
+- `asd`: refused with a pointer to the `active_speaker` stage (Light-ASD needs audio and 25 fps frame
+  runs, not sampled frames). A backend is a class in BACKENDS (frame_spec, check, resources, load, score).
 """
 from __future__ import annotations
 
@@ -221,7 +221,8 @@ class VlmBackend(Backend):
 
 BACKENDS: dict[str, type[Backend]] = {"face": FaceBackend, "vlm": VlmBackend}
 # Named in the spec, not built yet: accepted by the config parser so that check() can say so clearly.
-PLANNED = {"asd": "Light-ASD active speaker detection (LIVECC_SPEC section 6, B5: asd_ratio, keep <= 0.05)"}
+PLANNED = {"asd": "active speaker detection as a talking_head backend (it is the `active_speaker` stage: put "
+                  "active_speaker in the profile's stage list)"}
 
 
 # The stage -----------------------------------------------------------------------------------------------
@@ -246,8 +247,7 @@ class TalkingHead(ScoredStage):
         return self._backend
 
     def _planned_message(self) -> str:
-        return (f"talking_head.backend {self.config.backend}: {PLANNED[self.config.backend]} is not "
-                f"implemented yet; use one of: {', '.join(BACKENDS)}")
+        return f"talking_head.backend {self.config.backend}: {PLANNED[self.config.backend]}; use one of: {', '.join(BACKENDS)}"
 
     def check(self) -> None:
         if self.config.backend in PLANNED:

@@ -62,3 +62,33 @@ def test_a_talking_face_scores_above_and_a_voice_over_below(clips):
     still = results["still_face"]
     assert still.ratio < 0.05 and len(still.tracks) >= 1      # a face is seen, and it does not speak
     assert all(r.windows == 1 and r.frames == 150 for r in results.values())
+
+
+@pytest.mark.skipif(not WEIGHTS.exists(), reason="no Light-ASD weights in ../shared")
+def test_the_active_speaker_stage_drops_the_talking_face_and_redecides_from_cached_scores(clips, tmp_path):
+    import pyarrow as pa
+
+    from manifests.schemas import ACTIVE_SPEAKER, check_table
+    from pipeline.stage import PartContext
+    from stages.active_speaker import ActiveSpeaker
+
+    base = {"video_id": "v", "previous": "", "title": "t", "category": None, "words": [], "word_count": 0,
+            "span": 7.0, "wps": 0.0, "status": "ok", "reason": ""}
+    rows = [{**base, "id": name, "clip_id": name, "start": 0.0, "end": 7.0, "media_path": str(path)}
+            for name, path in clips.items()]
+    rows.append({**base, "id": "no_media", "clip_id": "no_media", "start": 0.0, "end": 7.0,
+                 "media_path": str(tmp_path / "gone.mp4")})
+    ctx = PartContext(run_dir=str(tmp_path / "run"), part=0)
+    out = {r["id"]: r for r in ActiveSpeaker(ActiveSpeaker.Config()).process(rows, ctx)}
+    check_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k in ACTIVE_SPEAKER.names}
+                                      for r in out.values()], schema=ACTIVE_SPEAKER), ACTIVE_SPEAKER)
+    assert out["talking"]["status"] == "dropped" and out["talking"]["reason"].startswith("asd_ratio: ")
+    assert out["voiceover"]["status"] == out["still_face"]["status"] == "ok"
+    assert out["no_media"]["status"] == "error"
+    assert out["talking"]["asd_windows"] == 1 and out["talking"]["asd_speaking_tracks"] >= 1
+    # a new threshold re-decides from the stored scores: no model is loaded
+    lenient = ActiveSpeaker(ActiveSpeaker.Config(max_ratio=0.99))
+    lenient.load_model = lambda: (_ for _ in ()).throw(AssertionError("the model was loaded"))
+    again = {r["id"]: r for r in lenient.process([r for r in rows if r["id"] != "no_media"], ctx)}
+    assert all(r["status"] == "ok" for r in again.values())
+    assert again["talking"]["asd_ratio"] == out["talking"]["asd_ratio"]

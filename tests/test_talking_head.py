@@ -197,9 +197,9 @@ def test_changing_only_max_score_redecides_without_the_model(run_dir, monkeypatc
 
 # configuration -----------------------------------------------------------------------------------------
 
-def test_asd_is_named_but_not_implemented_yet():
+def test_asd_points_to_the_active_speaker_stage():
     st = stage(backend="asd")
-    with pytest.raises(ConfigError, match="not implemented yet"):
+    with pytest.raises(ConfigError, match="active_speaker in the profile's stage list"):
         st.check()
     with pytest.raises(ConfigError, match="backend must be one of face, vlm, asd"):
         stage(backend="yolo")

@@ -212,7 +212,8 @@ def score_tracks(model, tracks: list[tuple[np.ndarray, np.ndarray]], pad_like_re
                 for row, i in enumerate(chunk):
                     f, m = tracks[i]
                     faces[row, :len(f)], mfccs[row, :len(m)] = f, m
-                out = model(torch.from_numpy(faces), torch.from_numpy(mfccs)).numpy()
+                device = next(model.parameters()).device
+                out = model(torch.from_numpy(faces).to(device), torch.from_numpy(mfccs).to(device)).cpu().numpy()
                 for row, i in enumerate(chunk):
                     scores[i] = out[row, :len(tracks[i][0])]
     return scores  # type: ignore[return-value]
