@@ -72,6 +72,7 @@ bench: setup-models
 	$(PY) -m bench.packing
 	$(PY) -m bench.stream
 	$(PY) -m bench.train
+	$(PY) -m bench.asd
 
 clean:
 	rm -rf runs samples/build

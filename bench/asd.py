@@ -1,0 +1,102 @@
+"""Active speaker detection throughput (the `active_speaker` stage) on this CPU, by part, in video-seconds
+per second of clip, next to the reference's way of scoring (one model call per face track) in the same run.
+
+    python -m bench.asd [--clips 4] [--seconds 60] [--weights PATH]
+
+Media: bench/talking_head.py's two 854x480 30 fps videos (a man talking to the camera; a test pattern),
+with a tone as audio; `--clips` clips of `--seconds` s (a 6 s window every 30 s: 2 windows per minute).
+Printed: video-seconds/s and share of the time for decode (ffmpeg, 25 fps at 288x160, gray), MFCC,
+detection (Haar, per frame), tracking, crops and the model (all tracks of a clip batched by length), the
+whole `clip_asd`, and the model with one call per track (the reference's loop).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--weights", default="")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from bench.talking_head import make_media
+    from stages.lib import asd, light_asd
+
+    torch.set_num_threads(1)
+    model = light_asd.load_model(str(light_asd.resolve_weights(args.weights)))
+    faces = asd.HaarFaces()
+    params = asd.AsdParams()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_asd_"))
+    try:
+        videos = make_media(tmp, args.seconds + 1)
+        clips = []
+        for name, path in videos.items():
+            with_audio = tmp / f"{name}_audio.mp4"
+            subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "lavfi", "-i",
+                            "sine=frequency=220:sample_rate=16000", "-map", "0:v", "-map", "1:a", "-c:v", "copy",
+                            "-c:a", "aac", "-shortest", str(with_audio)], check=True)
+            clips += [(str(with_audio), name)] * max(1, args.clips // len(videos))
+        seconds = args.seconds * len(clips)
+        print(f"{len(clips)} clips of {args.seconds:.0f} s (854x480 30 fps; talker and pattern), 1 thread")
+        parts: dict[str, float] = dict.fromkeys(("decode", "mfcc", "detect", "track", "crop", "model"), 0.0)
+        per_track = 0.0
+        inputs_all = []
+        for path, _ in clips:
+            t = time.perf_counter()
+            mfcc = light_asd.mfcc(asd.clip_audio(path, 0.0, args.seconds, 60)).astype(np.float32)
+            parts["mfcc"] += time.perf_counter() - t
+            frames = len(mfcc) // 4
+            inputs = []
+            for w, first in enumerate(range(0, frames - params.window_frames + 1, params.window_every)):
+                t = time.perf_counter()
+                gray = asd.window_gray(path, first / 25, params.window_frames, params)
+                parts["decode"] += time.perf_counter() - t
+                t = time.perf_counter()
+                boxes = [faces(np.clip(g, 0, 255).astype(np.uint8)) for g in gray]
+                parts["detect"] += time.perf_counter() - t
+                t = time.perf_counter()
+                tracks = asd.link_tracks(boxes, w, params)
+                parts["track"] += time.perf_counter() - t
+                t = time.perf_counter()
+                for track in tracks:
+                    rows = mfcc[4 * (first + track.first):4 * (first + track.first + len(track.boxes))]
+                    inputs.append((asd.crop_faces(gray, track), rows))
+                parts["crop"] += time.perf_counter() - t
+            t = time.perf_counter()
+            light_asd.score_tracks(model, inputs)
+            parts["model"] += time.perf_counter() - t
+            t = time.perf_counter()
+            for one in inputs:
+                light_asd.score_tracks(model, [one])
+            per_track += time.perf_counter() - t
+            inputs_all += inputs
+        total = sum(parts.values())
+        print(f"\n{len(inputs_all)} face tracks, {sum(len(f) for f, _ in inputs_all)} track-frames\n")
+        print("part                         video-s/s   share")
+        for name, spent in parts.items():
+            print(f"  {name:26s} {seconds / max(spent, 1e-9):10.1f} {100 * spent / total:6.1f}%")
+        print(f"  {'all parts':26s} {seconds / total:10.1f}")
+        t = time.perf_counter()
+        for path, _ in clips:
+            asd.clip_asd(path, 0.0, args.seconds, model, faces, params)
+        print(f"  {'clip_asd (end to end)':26s} {seconds / (time.perf_counter() - t):10.1f}")
+        print(f"  {'model, one call per track':26s} {seconds / max(per_track, 1e-9):10.1f}   (batched: "
+              f"{seconds / max(parts['model'], 1e-9):.1f})")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
