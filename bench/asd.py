@@ -5,8 +5,8 @@ per second of clip, next to the reference's way of scoring (one model call per f
 
 Media: bench/talking_head.py's two 854x480 30 fps videos (a man talking to the camera; a test pattern),
 with a tone as audio; `--clips` clips of `--seconds` s (a 6 s window every 30 s: 2 windows per minute).
-Printed: video-seconds/s and share of the time for decode (ffmpeg, 25 fps at 288x160, gray), MFCC,
-detection (Haar, per frame), tracking, crops and the model (all tracks of a clip batched by length), the
+Printed: video-seconds/s and share of the time for decode (ffmpeg, 25 fps at 288x160), MFCC,
+detection (`--detector`, per frame), tracking, crops and the model (all tracks of a clip batched by length), the
 whole `clip_asd`, and the model with one call per track (the reference's loop).
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--weights", default="")
+    parser.add_argument("--detector", default="mtcnn", choices=("mtcnn", "haar"))
     args = parser.parse_args(argv)
 
     import torch
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     model = light_asd.load_model(str(light_asd.resolve_weights(args.weights)))
-    faces = asd.HaarFaces()
+    faces = asd.face_detector(args.detector)
     params = asd.AsdParams()
     tmp = Path(tempfile.mkdtemp(prefix="bench_asd_"))
     try:
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                             "-c:a", "aac", "-shortest", str(with_audio)], check=True)
             clips += [(str(with_audio), name)] * max(1, args.clips // len(videos))
         seconds = args.seconds * len(clips)
-        print(f"{len(clips)} clips of {args.seconds:.0f} s (854x480 30 fps; talker and pattern), 1 thread")
+        print(f"{len(clips)} clips of {args.seconds:.0f} s (854x480 30 fps; talker and pattern), 1 thread, "
+              f"{args.detector} faces")
         parts: dict[str, float] = dict.fromkeys(("decode", "mfcc", "detect", "track", "crop", "model"), 0.0)
         per_track = 0.0
         inputs_all = []
@@ -60,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             inputs = []
             for w, first in enumerate(range(0, frames - params.window_frames + 1, params.window_every)):
                 t = time.perf_counter()
-                gray = asd.window_gray(path, first / 25, params.window_frames, params)
+                rgb = asd.window_rgb(path, first / 25, params.window_frames, params)
+                gray = asd.gray(rgb)
                 parts["decode"] += time.perf_counter() - t
                 t = time.perf_counter()
-                boxes = [faces(np.clip(g, 0, 255).astype(np.uint8)) for g in gray]
+                boxes = [faces(frame) for frame in rgb]
                 parts["detect"] += time.perf_counter() - t
                 t = time.perf_counter()
                 tracks = asd.link_tracks(boxes, w, params)

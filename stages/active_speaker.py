@@ -8,8 +8,9 @@ Drops:   `asd_ratio: 0.40 > 0.05` when the ratio is above `max_ratio`.
 Errors:  a clip whose audio or video does not decode is an error row of its own.
 Resources: a long-lived actor (Light-ASD loads once per worker); `cpu_threads` CPUs; a GPU on cuda.
 
-How (stages/lib/asd.py): 6 s windows every 30 s of the clip at 25 fps, faces per frame (OpenCV's Haar
-frontal cascade), IoU tracks, 112x112 gray crops, MFCC of the clip's audio, Light-ASD
+How (stages/lib/asd.py): 6 s windows every 30 s of the clip at 25 fps, faces per frame (MTCNN by
+default: it finds small, tilted and turned faces that OpenCV's Haar cascade misses, bench/faces.py), IoU
+tracks, 112x112 gray crops, MFCC of the clip's audio, Light-ASD
 (stages/lib/light_asd.py, the official weights: `weights`, $LIGHT_ASD_WEIGHTS, the shared copy, or a
 sha256-checked download into the cache) scoring every track of every window in batched passes.
 
@@ -42,8 +43,8 @@ class Config:
     track_iou: float = 0.5              # a box continues a track when their IoU is above this
     max_gap: int = 12                   # frames a track may miss its face (0: the reference's rule)
     min_track: int = 5                  # shorter tracks are ignored
+    detector: str = "mtcnn"             # mtcnn (facenet-pytorch's weights) | haar (OpenCV): bench/faces.py
     face_min_size: int = 16             # px, at the 288x160 detection size
-    face_min_neighbors: int = 5         # Haar detectMultiScale neighbours
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_ratio <= 1:
@@ -52,6 +53,10 @@ class Config:
             raise ValueError("window_frames, window_every, min_track and cpu_threads must be >= 1")
         if not 0 <= self.track_iou < 1 or self.max_gap < 0:
             raise ValueError("track_iou must be within [0, 1) and max_gap >= 0")
+        from stages.lib.asd import DETECTORS
+
+        if self.detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, not {self.detector!r}")
         if not (self.device == "cpu" or self.device == "cuda" or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
@@ -70,6 +75,13 @@ class ActiveSpeaker(ScoredStage):
         media.require_binaries("ffmpeg")
         from stages.lib.light_asd import resolve_weights
 
+        if self.config.detector == "mtcnn":
+            from stages.lib.mtcnn import weights_dir
+
+            try:
+                weights_dir()
+            except ValueError as exc:
+                raise ConfigError(f"active_speaker.detector mtcnn: {exc}") from None
         try:
             resolve_weights(self.config.weights)      # downloads once here, before any worker starts
         except ValueError as exc:
@@ -82,13 +94,13 @@ class ActiveSpeaker(ScoredStage):
     def load_model(self) -> None:
         import torch
 
-        from stages.lib.asd import AsdParams, HaarFaces
+        from stages.lib.asd import AsdParams, face_detector
         from stages.lib.light_asd import load_model, resolve_weights
 
         c = self.config
         torch.set_num_threads(c.cpu_threads)
         self.model = load_model(str(resolve_weights(c.weights))).to(c.device)
-        self.faces = HaarFaces(min_size=c.face_min_size, min_neighbors=c.face_min_neighbors)
+        self.faces = face_detector(c.detector, c.face_min_size)
         self.params = AsdParams(window_frames=c.window_frames, window_every=c.window_every,
                                 track_iou=c.track_iou, max_gap=c.max_gap, min_track=c.min_track)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stages.lib.asd import AsdParams, Track, link_tracks
@@ -52,10 +53,10 @@ def clips(tmp_path_factory, samples_dir) -> dict[str, Path]:
 
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="no Light-ASD weights in ../shared")
 def test_a_talking_face_scores_above_and_a_voice_over_below(clips):
-    from stages.lib.asd import HaarFaces, clip_asd
+    from stages.lib.asd import clip_asd, face_detector
     from stages.lib.light_asd import load_model
 
-    model, faces = load_model(str(WEIGHTS)), HaarFaces()
+    model, faces = load_model(str(WEIGHTS)), face_detector("mtcnn")
     results = {name: clip_asd(str(path), 0.0, 7.0, model, faces) for name, path in clips.items()}
     assert results["talking"].ratio > 0.05 and results["talking"].speaking_tracks >= 1
     assert results["voiceover"].ratio < 0.05
@@ -92,3 +93,24 @@ def test_the_active_speaker_stage_drops_the_talking_face_and_redecides_from_cach
     again = {r["id"]: r for r in lenient.process([r for r in rows if r["id"] != "no_media"], ctx)}
     assert all(r["status"] == "ok" for r in again.values())
     assert again["talking"]["asd_ratio"] == out["talking"]["asd_ratio"]
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    from stages.lib.mtcnn import nms
+
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 4, 4]], float)
+    scores = np.array([0.8, 0.9, 0.7, 0.95])
+    assert list(nms(boxes, scores, 0.5)) == [3, 1, 2]            # IoU: the small box overlaps little
+    assert list(nms(boxes, scores, 0.5, by_min=True)) == [3, 2]   # by the smaller area: box 1 holds box 3
+
+
+def test_mtcnn_finds_the_carphone_face_and_nothing_in_a_test_pattern():
+    from bench.faces import canvas, carphone_frames
+    from stages.lib.mtcnn import MTCNN
+
+    detector = MTCNN()
+    frames = carphone_frames(5)
+    for frame in frames:
+        (box,) = detector(frame)                 # one face, of a plausible size, inside the frame
+        assert 0 <= box[0] < box[2] <= 176 and 0 <= box[1] < box[3] <= 144 and 40 <= box[3] - box[1] <= 120
+    assert detector(canvas()) == []

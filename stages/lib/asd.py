@@ -7,8 +7,9 @@ Per clip:
 2. windows: `window_frames` frames (150 = 6 s) starting every `window_every` frames (750 = 30 s) from
    the clip's start, whole windows only; a clip shorter than one window is one window of its length
    (the reference gives such clips -1, which its `<= 0.05` rule then keeps).
-3. frames of each window decoded by ffmpeg at 25 fps and `detect_width` x `detect_height` (288x160),
-   gray as 0.2989 R + 0.5870 G + 0.1140 B (float, as the reference);
+3. frames of each window decoded by ffmpeg at 25 fps and `detect_width` x `detect_height` (288x160);
+   faces are found on the RGB frames, crops cut from gray = 0.2989 R + 0.5870 G + 0.1140 B (float, as
+   the reference);
 4. faces per frame (a detector: boxes of a gray frame), linked into tracks: a box joins the track whose
    last box overlaps it most with IoU > `track_iou`; a track bridges up to `max_gap` frames without a
    box (boxes interpolated); tracks under `min_track` frames are dropped;
@@ -79,8 +80,8 @@ def clip_audio(path: str, start: float, end: float, timeout: float) -> np.ndarra
     return (samples / peak * 32767).astype(np.int16) if peak > 0 else samples.astype(np.int16)
 
 
-def window_gray(path: str, start: float, frames: int, params: AsdParams) -> np.ndarray:
-    """(frames, H, W) float32 gray frames at 25 fps from `start` (fewer when the media ends)."""
+def window_rgb(path: str, start: float, frames: int, params: AsdParams) -> np.ndarray:
+    """(frames, H, W, 3) uint8 RGB frames at 25 fps from `start` (fewer when the media ends)."""
     w, h = params.detect_width, params.detect_height
     proc = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.3f}", "-i", path,
                            "-map", "0:v:0", "-vf", f"fps={FPS},scale={w}:{h}", "-frames:v", str(frames),
@@ -88,7 +89,12 @@ def window_gray(path: str, start: float, frames: int, params: AsdParams) -> np.n
     if proc.returncode != 0:
         raise ValueError(f"video does not decode: {proc.stderr.decode(errors='replace').strip()[-300:]}")
     rgb = np.frombuffer(proc.stdout, dtype=np.uint8)[: len(proc.stdout) // (w * h * 3) * w * h * 3]
-    rgb = rgb.reshape(-1, h, w, 3).astype(np.float32)
+    return rgb.reshape(-1, h, w, 3)
+
+
+def gray(rgb: np.ndarray) -> np.ndarray:
+    """float32 gray as the reference: 0.2989 R + 0.5870 G + 0.1140 B, not rounded."""
+    rgb = rgb.astype(np.float32)
     return rgb[..., 0] * 0.2989 + rgb[..., 1] * 0.5870 + rgb[..., 2] * 0.1140
 
 
@@ -139,7 +145,7 @@ def crop_faces(gray: np.ndarray, track: Track) -> np.ndarray:
 
 
 def clip_asd(path: str, start: float, end: float, model, faces, params: AsdParams = AsdParams()) -> AsdResult:
-    """Light-ASD over the windows of [start, end] of `path`; `faces(gray uint8 frame) -> boxes`."""
+    """Light-ASD over the windows of [start, end] of `path`; `faces(RGB uint8 frame) -> boxes`."""
     mfcc = light_asd.mfcc(clip_audio(path, start, end, params.timeout_s)).astype(np.float32)
     frames = len(mfcc) // ROWS_PER_FRAME
     if frames == 0:
@@ -149,9 +155,10 @@ def clip_asd(path: str, start: float, end: float, model, faces, params: AsdParam
     inputs: list[tuple[np.ndarray, np.ndarray]] = []
     lengths = []
     for w, first in enumerate(starts):
-        gray = window_gray(path, start + first / FPS, min(params.window_frames, frames - first), params)
-        lengths.append(len(gray))
-        found = link_tracks([faces(np.clip(g, 0, 255).astype(np.uint8)) for g in gray], w, params)
+        rgb = window_rgb(path, start + first / FPS, min(params.window_frames, frames - first), params)
+        lengths.append(len(rgb))
+        found = link_tracks([faces(frame) for frame in rgb], w, params)
+        luma = gray(rgb)
         for track in found:
             rows = mfcc[ROWS_PER_FRAME * (first + track.first):ROWS_PER_FRAME * (first + track.first + len(track.boxes))]
             length = min(len(track.boxes), len(rows) // ROWS_PER_FRAME)
@@ -159,7 +166,7 @@ def clip_asd(path: str, start: float, end: float, model, faces, params: AsdParam
                 continue
             track.boxes = track.boxes[:length]
             tracks.append(track)
-            inputs.append((crop_faces(gray, track), rows[:ROWS_PER_FRAME * length]))
+            inputs.append((crop_faces(luma, track), rows[:ROWS_PER_FRAME * length]))
     for track, scores in zip(tracks, light_asd.score_tracks(model, inputs)):
         track.scores = scores
     speaking = 0
@@ -171,8 +178,8 @@ def clip_asd(path: str, start: float, end: float, model, faces, params: AsdParam
 
 
 class HaarFaces:
-    """Every frontal face OpenCV's Haar cascade finds (no size floor beyond `min_size` px): boxes as
-    (x1, y1, x2, y2)."""
+    """Every frontal face OpenCV's Haar cascade finds in an RGB frame (no size floor beyond `min_size` px):
+    boxes as (x1, y1, x2, y2). Weak on small, tilted and turned faces (bench/faces.py)."""
 
     def __init__(self, min_size: int = 16, scale_factor: float = 1.1, min_neighbors: int = 5) -> None:
         import cv2
@@ -182,7 +189,21 @@ class HaarFaces:
         self.cascade = cv2.CascadeClassifier(cascade_path("haarcascade_frontalface_default.xml"))
         self.min_size, self.scale_factor, self.min_neighbors = min_size, scale_factor, min_neighbors
 
-    def __call__(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
-        found = self.cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                                              minSize=(self.min_size, self.min_size))
+    def __call__(self, rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
+        found = self.cascade.detectMultiScale(gray(rgb).astype(np.uint8), scaleFactor=self.scale_factor,
+                                              minNeighbors=self.min_neighbors, minSize=(self.min_size, self.min_size))
         return [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in found]
+
+
+DETECTORS = ("mtcnn", "haar")
+
+
+def face_detector(name: str, min_size: int = 16):
+    """A detector by name: `mtcnn` (stages/lib/mtcnn.py) or `haar`."""
+    if name == "mtcnn":
+        from stages.lib.mtcnn import MTCNN
+
+        return MTCNN(min_size=max(12, min_size))
+    if name == "haar":
+        return HaarFaces(min_size=min_size)
+    raise ValueError(f"face detector must be one of {', '.join(DETECTORS)}, not {name!r}")
