@@ -75,6 +75,7 @@ bench: setup-models
 	$(PY) -m bench.stream
 	$(PY) -m bench.train
 	$(PY) -m bench.asd
+	$(PY) -m bench.faces
 
 clean:
 	rm -rf runs samples/build

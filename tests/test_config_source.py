@@ -201,6 +201,8 @@ def test_paper_profiles_name_the_papers_models():
     assert sft.stage_configs["asr"].model == "large-v3-turbo" and sft.stage_configs["asr"].device == "cuda"
     assert sft.stage_configs["lm_filter"].model == "Qwen/Qwen2-1.5B-Instruct"
     assert sft.stage_configs["lm_filter"].max_loss == 5.0
+    assert sft.stages.index("active_speaker") == sft.stages.index("lm_filter") + 1 and "talking_head" not in sft.stages
+    assert sft.stage_configs["active_speaker"].max_ratio == 0.05 and sft.stage_configs["active_speaker"].device == "cuda"
     pre = config.load("paper-pretrain")
     assert pre.stage_configs["talking_head"].model == "Qwen/Qwen2-VL-2B-Instruct"
     assert pre.stage_configs["lm_filter"].max_loss == 6.5
