@@ -75,46 +75,41 @@ def build_model():
     import torch
     from torch import nn
 
-    class VisualBlock(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
+    class Block(nn.Module):
+        """Two branches (k = 3, 5): a conv named `{first}_{k}` then a temporal conv `t_{k}`, each followed by
+        BatchNorm + ReLU, summed; then a 1x1 conv + BatchNorm + ReLU. `first`: `s` (visual, spatial k x k)
+        or `m` (audio, over the cepstral axis)."""
+
+        def __init__(self, cin: int, cout: int, first: str, stride: int = 1) -> None:
             super().__init__()
+            self.first = first
+            video = first == "s"
+            conv, norm = (nn.Conv3d, nn.BatchNorm3d) if video else (nn.Conv2d, nn.BatchNorm2d)
             for k in (3, 5):
-                setattr(self, f"s_{k}", nn.Conv3d(cin, cout, (1, k, k), (1, stride, stride), (0, k // 2, k // 2), bias=False))
-                setattr(self, f"bn_s_{k}", nn.BatchNorm3d(cout, eps=BN_EPS))
-                setattr(self, f"t_{k}", nn.Conv3d(cout, cout, (k, 1, 1), 1, (k // 2, 0, 0), bias=False))
-                setattr(self, f"bn_t_{k}", nn.BatchNorm3d(cout, eps=BN_EPS))
-            self.last = nn.Conv3d(cout, cout, 1, bias=False)
-            self.bn_last = nn.BatchNorm3d(cout, eps=BN_EPS)
+                if video:
+                    lead = conv(cin, cout, (1, k, k), (1, stride, stride), (0, k // 2, k // 2), bias=False)
+                    time = conv(cout, cout, (k, 1, 1), 1, (k // 2, 0, 0), bias=False)
+                else:
+                    lead = conv(cin, cout, (k, 1), 1, (k // 2, 0), bias=False)
+                    time = conv(cout, cout, (1, k), 1, (0, k // 2), bias=False)
+                setattr(self, f"{first}_{k}", lead)
+                setattr(self, f"bn_{first}_{k}", norm(cout, eps=BN_EPS))
+                setattr(self, f"t_{k}", time)
+                setattr(self, f"bn_t_{k}", norm(cout, eps=BN_EPS))
+            self.last = conv(cout, cout, 1, bias=False)
+            self.bn_last = norm(cout, eps=BN_EPS)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             total = 0
             for k in (3, 5):
-                y = torch.relu(getattr(self, f"bn_s_{k}")(getattr(self, f"s_{k}")(x)))
-                total = total + torch.relu(getattr(self, f"bn_t_{k}")(getattr(self, f"t_{k}")(y)))
-            return torch.relu(self.bn_last(self.last(total)))
-
-    class AudioBlock(nn.Module):
-        def __init__(self, cin: int, cout: int) -> None:
-            super().__init__()
-            for k in (3, 5):
-                setattr(self, f"m_{k}", nn.Conv2d(cin, cout, (k, 1), 1, (k // 2, 0), bias=False))
-                setattr(self, f"bn_m_{k}", nn.BatchNorm2d(cout, eps=BN_EPS))
-                setattr(self, f"t_{k}", nn.Conv2d(cout, cout, (1, k), 1, (0, k // 2), bias=False))
-                setattr(self, f"bn_t_{k}", nn.BatchNorm2d(cout, eps=BN_EPS))
-            self.last = nn.Conv2d(cout, cout, 1, bias=False)
-            self.bn_last = nn.BatchNorm2d(cout, eps=BN_EPS)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            total = 0
-            for k in (3, 5):
-                y = torch.relu(getattr(self, f"bn_m_{k}")(getattr(self, f"m_{k}")(x)))
+                y = torch.relu(getattr(self, f"bn_{self.first}_{k}")(getattr(self, f"{self.first}_{k}")(x)))
                 total = total + torch.relu(getattr(self, f"bn_t_{k}")(getattr(self, f"t_{k}")(y)))
             return torch.relu(self.bn_last(self.last(total)))
 
     class VisualEncoder(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.block1, self.block2, self.block3 = VisualBlock(1, 32, 2), VisualBlock(32, 64, 1), VisualBlock(64, 128, 1)
+            self.block1, self.block2, self.block3 = Block(1, 32, "s", 2), Block(32, 64, "s"), Block(64, 128, "s")
             self.pool = nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
 
         def forward(self, faces: torch.Tensor) -> torch.Tensor:      # (B, T, 112, 112) normalised
@@ -125,7 +120,7 @@ def build_model():
     class AudioEncoder(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.block1, self.block2, self.block3 = AudioBlock(1, 32), AudioBlock(32, 64), AudioBlock(64, 128)
+            self.block1, self.block2, self.block3 = Block(1, 32, "m"), Block(32, 64, "m"), Block(64, 128, "m")
             self.pool = nn.MaxPool2d((1, 3), (1, 2), (0, 1))
 
         def forward(self, mfcc: torch.Tensor) -> torch.Tensor:        # (B, 4T, 13)
