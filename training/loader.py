@@ -53,28 +53,31 @@ def shard_refs(shards: str | Sequence[str]) -> list[Ref]:
     import fsspec
     import pyarrow.parquet as pq
 
-    tars = _tar_urls(shards)
-    if not tars:
-        raise ValueError(f"no shard (a .tar with its .parquet index) in {shards!r}")
     refs: list[Ref] = []
-    for tar in tars:
+    for tar in shard_tars(shards):
         with fsspec.open(tar[:-len(".tar")] + ".parquet", "rb") as f:
             offsets = pq.read_table(f, columns=["offset"]).column("offset").to_pylist()
         refs.extend((tar, offset) for offset in offsets)
     return refs
 
 
-def _tar_urls(shards: str | Sequence[str]) -> list[str]:
+def shard_tars(shards: str | Sequence[str]) -> list[str]:
+    """The tar URLs `shard_refs` reads (a folder listed by its Parquet indexes, or expanded patterns),
+    without reading an index; ValueError when there is none."""
     import fsspec
     from braceexpand import braceexpand
 
     if not isinstance(shards, str):
-        return [url for pattern in shards for url in braceexpand(pattern)]
-    if shards.endswith(".tar"):
-        return list(braceexpand(shards))
-    fs, root = fsspec.core.url_to_fs(shards)
-    protocol = "" if "://" not in shards else shards.split("://", 1)[0] + "://"
-    return [protocol + index[:-len(".parquet")] + ".tar" for index in sorted(fs.glob(f"{root.rstrip('/')}/*.parquet"))]
+        tars = [url for pattern in shards for url in braceexpand(pattern)]
+    elif shards.endswith(".tar"):
+        tars = list(braceexpand(shards))
+    else:
+        fs, root = fsspec.core.url_to_fs(shards)
+        protocol = "" if "://" not in shards else shards.split("://", 1)[0] + "://"
+        tars = [protocol + index[:-len(".parquet")] + ".tar" for index in sorted(fs.glob(f"{root.rstrip('/')}/*.parquet"))]
+    if not tars:
+        raise ValueError(f"no shard (a .tar with its .parquet index) in {shards!r}")
+    return tars
 
 
 def read_tar_sample(f: Any) -> dict[str, bytes]:

@@ -92,17 +92,27 @@ class TrainConfig:
             raise ValueError("lr must be > 0, min_lr_ratio within [0, 1], checkpoint_every >= 1")
 
 
-def data_refs(data: str) -> list:
-    from training.loader import jsonl_refs, shard_refs
+def data_source(data: str) -> str:
+    """The JSONL or shards `data` names (a run folder means its shards/), checked without reading the
+    shards' indexes: ValueError when there is nothing to train on."""
+    from training.loader import shard_tars
 
     if "://" not in data and "{" not in data and not Path(data).exists():
         raise ValueError(f"{data}: no such run, shards or JSONL (build a run with `make sft-set` or "
                          f"`make pretrain-set` first)")
     if data.endswith(".jsonl"):
-        return jsonl_refs([data])
+        return data
     if "://" not in data and (Path(data) / "shards").is_dir():
-        return shard_refs(str(Path(data) / "shards"))
-    return shard_refs(data)
+        data = str(Path(data) / "shards")
+    shard_tars(data)
+    return data
+
+
+def data_refs(data: str) -> list:
+    from training.loader import jsonl_refs, shard_refs
+
+    source = data_source(data)
+    return jsonl_refs([source]) if source.endswith(".jsonl") else shard_refs(source)
 
 
 def epoch_refs(refs: list, seed: int, epoch: int) -> list:
@@ -320,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. lr=1e-5")
             values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
         cfg = load_config(args.profile, values)
-        data_refs(cfg.data)     # a missing or empty data source fails here, before any model loads
+        data_source(cfg.data)   # a missing or empty data source fails here, before any model loads
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

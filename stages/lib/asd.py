@@ -178,21 +178,23 @@ def clip_asd(path: str, start: float, end: float, model, faces, params: AsdParam
 
 
 class HaarFaces:
-    """Every frontal face OpenCV's Haar cascade finds in an RGB frame (no size floor beyond `min_size` px):
-    boxes as (x1, y1, x2, y2). Weak on small, tilted and turned faces (bench/faces.py)."""
+    """Every upright frontal face OpenCV's Haar cascade finds in an RGB frame (stages/lib/faces.py's
+    detector without its rotations and eye check), at least `min_size` px high: boxes as (x1, y1, x2, y2).
+    Weak on small, tilted and turned faces (bench/faces.py)."""
 
-    def __init__(self, min_size: int = 16, scale_factor: float = 1.1, min_neighbors: int = 5) -> None:
-        import cv2
-
-        from stages.lib.faces import cascade_path
-
-        self.cascade = cv2.CascadeClassifier(cascade_path("haarcascade_frontalface_default.xml"))
-        self.min_size, self.scale_factor, self.min_neighbors = min_size, scale_factor, min_neighbors
+    def __init__(self, min_size: int = 16) -> None:
+        self.min_size = min_size
+        self.detectors: dict = {}       # frame height -> FaceDetector (its minimum is a share of the height)
 
     def __call__(self, rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
-        found = self.cascade.detectMultiScale(gray(rgb).astype(np.uint8), scaleFactor=self.scale_factor,
-                                              minNeighbors=self.min_neighbors, minSize=(self.min_size, self.min_size))
-        return [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in found]
+        from stages.lib.faces import FaceDetector, FaceParams
+
+        luma = gray(rgb).astype(np.uint8)
+        height = luma.shape[0]
+        if height not in self.detectors:
+            params = FaceParams(min_face_fraction=min(1.0, self.min_size / height), angles=(0.0,), eye_check=False)
+            self.detectors[height] = FaceDetector(params)
+        return [(int(x), int(y), int(x + w), int(y + h)) for _, (x, y, w, h) in self.detectors[height].faces_in(luma)]
 
 
 DETECTORS = ("mtcnn", "haar")
