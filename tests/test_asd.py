@@ -104,13 +104,74 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
     assert list(nms(boxes, scores, 0.5, by_min=True)) == [3, 2]   # by the smaller area: box 1 holds box 3
 
 
-def test_mtcnn_finds_the_carphone_face_and_nothing_in_a_test_pattern():
+@pytest.mark.parametrize("name", ["mtcnn", "yunet"])
+def test_the_detectors_find_the_carphone_face_and_nothing_in_a_test_pattern(name):
     from bench.faces import canvas, carphone_frames
-    from stages.lib.mtcnn import MTCNN
+    from stages.lib.asd import face_detector
 
-    detector = MTCNN()
+    detector = face_detector(name)
     frames = carphone_frames(5)
-    for frame in frames:
-        (box,) = detector(frame)                 # one face, of a plausible size, inside the frame
+    for boxes in detector(frames):
+        (box,) = boxes                           # one face, of a plausible size, inside the frame
         assert 0 <= box[0] < box[2] <= 176 and 0 <= box[1] < box[3] <= 144 and 40 <= box[3] - box[1] <= 120
-    assert detector(canvas()) == []
+    assert detector(canvas()[None]) == [[]]
+    # frames in one batch or one at a time: the same boxes
+    alone = [detector(frame[None])[0] for frame in frames]
+    assert all(np.abs(np.subtract(a, b)).max() <= 1 for a, b in zip(alone, detector(frames)))
+
+
+def test_the_stage_gives_every_bad_clip_an_error_row_with_its_reason(samples_dir, tmp_path):
+    """Runs without ../shared: the official module tree with random weights, given by config path (the
+    stage's plumbing; the real weights' judgement is tested above)."""
+    import torch
+
+    from pipeline.stage import PartContext
+    from stages.active_speaker import ActiveSpeaker
+    from stages.lib.light_asd import build_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "random.model"
+    torch.save(build_model().state_dict(), weights)
+    speech = samples_dir / "talking_face.mp4"
+
+    def ffmpeg(name: str, *args: str) -> str:
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", *args, str(tmp_path / name)], check=True)
+        return str(tmp_path / name)
+
+    media = {
+        "no_audio": ffmpeg("no_audio.mp4", "-f", "lavfi", "-i", "testsrc2=s=320x240:r=25", "-t", "3"),
+        "no_video": ffmpeg("no_video.m4a", "-i", str(speech), "-vn", "-t", "3"),
+        "silence": ffmpeg("silence.mp4", "-f", "lavfi", "-i", "testsrc2=s=320x240:r=25", "-f", "lavfi", "-i",
+                          "anullsrc=r=16000:cl=mono", "-t", "3", "-c:a", "aac"),
+        "gone": str(tmp_path / "gone.mp4"),
+    }
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    media["corrupt"] = str(corrupt)
+    base = {"video_id": "v", "previous": "", "title": "t", "category": None, "words": [], "word_count": 0,
+            "span": 2.0, "wps": 0.0, "status": "ok", "reason": ""}
+    rows = [{**base, "id": name, "clip_id": name, "start": 0.0, "end": 2.0, "media_path": path}
+            for name, path in media.items()]
+    rows.append({**base, "id": "past_end", "clip_id": "past_end", "start": 50.0, "end": 52.0,
+                 "media_path": media["silence"]})
+    stage = ActiveSpeaker(ActiveSpeaker.Config(weights=str(weights), detector="haar"))
+    stage.check()
+    out = {r["id"]: r for r in stage.process(rows, PartContext(run_dir=str(tmp_path / "run"), part=0))}
+    reasons = {k: (r["status"], (r["reason"] or "").split(":")[0]) for k, r in out.items()}
+    assert reasons == {"no_audio": ("error", "no_audio"), "no_video": ("error", "no_video"),
+                       "silence": ("ok", ""), "gone": ("error", "no_media"), "corrupt": ("error", "corrupt_media"),
+                       "past_end": ("error", "cut_short")}
+    # digital silence and a clip shorter than a window: one window of the clip's 2 s (32,000 samples give
+    # 199 MFCC rows, 4 a frame: 49 frames), no face, ratio 0
+    assert (out["silence"]["asd_windows"], out["silence"]["asd_frames"], out["silence"]["asd_ratio"]) == (1, 49, 0.0)
+
+
+def test_missing_weights_fail_before_the_run_and_say_what_to_set(tmp_path, monkeypatch):
+    from pipeline.config import ConfigError
+    from stages.active_speaker import ActiveSpeaker
+
+    with pytest.raises(ConfigError, match="no such file"):
+        ActiveSpeaker(ActiveSpeaker.Config(weights=str(tmp_path / "nope.model"))).check()
+    monkeypatch.setenv("LIGHT_ASD_WEIGHTS", str(tmp_path / "nope.model"))
+    with pytest.raises(ConfigError, match="LIGHT_ASD_WEIGHTS = .*no such file.*stages=\\["):
+        ActiveSpeaker(ActiveSpeaker.Config()).check()

@@ -41,6 +41,23 @@ def test_bad_config_is_refused_with_a_message(override, message):
         config.load("pretrain", config.parse_overrides([override]))
 
 
+def test_stages_override_swaps_in_a_stage_whose_section_the_profile_holds():
+    swapped = ["metadata_filter", "download", "asr", "clip_split", "lm_filter", "talking_head", "prompt",
+               "transcript_language", "shard"]
+    cfg = config.load("sft", config.parse_overrides([f"stages=[{', '.join(swapped)}]"]))
+    assert list(cfg.stages) == swapped and cfg.stage_configs["talking_head"].max_score == 0.3
+    assert "active_speaker" not in cfg.stage_configs
+    assert config.load("sft").stages[5] == "active_speaker"
+    assert config.parse_overrides(["stages=a, b"]) == {"stages": ["a", "b"]}
+    # the section of a stage the profile does not run is still checked
+    with pytest.raises(ConfigError, match="talking_head: unknown key"):
+        config.load("sft", config.parse_overrides(["talking_head.max_scor=0.2"]))
+    with pytest.raises(ConfigError, match="stages="):
+        config.parse_overrides(["stages=[]"])
+    with pytest.raises(ConfigError, match="unknown stage 'nosuch'"):
+        config.load("sft", config.parse_overrides(["stages=[metadata_filter, nosuch]"]))
+
+
 def test_stage_hash_changes_with_config_only():
     a = config.load("pretrain")
     b = config.load("pretrain", config.parse_overrides(["clip_split.min_span=40"]))

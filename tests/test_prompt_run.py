@@ -27,7 +27,7 @@ from fixtures.openai_server import QUERY, OpenAIServer, transcript_key
 from pipeline.config import PROFILES_DIR
 from pipeline.store import RunStore
 from stages.lib.prompt_tasks import load_task, transcript
-from tests.support.runs import manifest, run_pretrain, shard_samples
+from tests.support.runs import manifest, run_pretrain, sft_head, sft_sets, shard_samples
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ KEY_ENV = "LIVECC_PROMPT_RUN_TEST_KEY"
 VIDEOS = ("talk_normal", "talk_gap", "music_cues")   # 4 SFT clips reach prompt (talk_gap has 2)
 MAX_ATTEMPTS = 2
 PRICE_PROMPT, PRICE_COMPLETION = 2.5, 10.0            # USD per million tokens
-COMMON = ["run.part_size=1"]                          # one video per part: several prompt parts at once
+COMMON = ["run.part_size=1", *sft_sets()]            # one video per part: several prompt parts at once
 
 
 def prompt_sets(base_url: str) -> list[str]:
@@ -49,6 +49,7 @@ def prompt_sets(base_url: str) -> list[str]:
 def profile_before_prompt(path: Path) -> Path:
     """profiles/sft.yaml with the stages from `prompt` on removed (the same configs for the others)."""
     raw = yaml.safe_load((PROFILES_DIR / "sft.yaml").read_text())
+    raw["stages"][raw["stages"].index("active_speaker")] = sft_head()
     cut = raw["stages"].index("prompt")
     for name in raw["stages"][cut:]:
         raw.pop(name, None)
@@ -100,7 +101,7 @@ def upstream(tmp_path_factory, source, ray_local):
     run_dir = folder / "run"
     result = run_pretrain(run_dir, source, *COMMON, profile=str(profile_before_prompt(folder / "sft-upto.yaml")))
     assert result.ok, result.failed
-    heads = RunStore(str(run_dir)).read_stage("talking_head").to_pylist()
+    heads = RunStore(str(run_dir)).read_stage(sft_head()).to_pylist()
     clips = {r["clip_id"]: r for r in heads if r["status"] == "ok"}
     assert len(clips) >= 4, [(r["clip_id"], r["status"], r["reason"]) for r in heads]
     assert len({key_of(r) for r in clips.values()}) == len(clips)     # the server tells clips apart
@@ -182,7 +183,7 @@ def test_the_next_run_asks_again_for_exactly_the_failed_clips(engine):
     asked = [r.key for r in engine["second_records"]]
     assert sorted(asked) == sorted(key_of(clips[c]) for c in engine["failing"])   # once each, nothing else
     assert second.ran["prompt"] == 2 and second.skipped["prompt"] == len(VIDEOS) - 2
-    assert second.ran["talking_head"] == 0 and second.ran["asr"] == 0
+    assert second.ran[sft_head()] == 0 and second.ran["asr"] == 0
     prompt = manifest(run_dir, "prompt").set_index("clip_id")
     assert prompt.index.is_unique and sorted(prompt.index) == sorted(clips)
     assert set(prompt.status) <= {"ok", "dropped"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.runs import manifest, reasons, run_pretrain, shard_samples
+from tests.support.runs import manifest, reasons, run_pretrain, sft_head, sft_sets, shard_samples
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def norm(word: str) -> str:
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, samples_dir, ray_local):
     run_dir = tmp_path_factory.mktemp("sft") / "run"
-    result = run_pretrain(run_dir, samples_dir / "source.jsonl", profile="sft")
+    result = run_pretrain(run_dir, samples_dir / "source.jsonl", *sft_sets(), profile="sft")
     return run_dir, result
 
 
@@ -52,9 +52,13 @@ def test_rows_per_status_and_reason(sft_run):
     lm = manifest(run_dir, "lm_filter")
     assert set(lm.clip_id) == set(clips[clips.status == "ok"].clip_id)
     assert lm[lm.status == "ok"].lm_loss.between(1.5, 5.0).all()
-    heads = manifest(run_dir, "talking_head")
+    head = sft_head()       # active_speaker (the profile's) where its weights are at hand, else talking_head
+    heads = manifest(run_dir, head)
     assert set(heads.clip_id) == set(lm[lm.status == "ok"].clip_id)
-    assert list(heads[heads.status == "dropped"].video_id) == ["talking_face"]
+    assert list(heads[heads.status == "dropped"].video_id) == ["talking_face"]   # the one face talking
+    if head == "active_speaker":
+        assert heads[heads.status == "dropped"].reason.str.startswith("asd_ratio: ").all()
+        assert (heads[heads.status == "ok"].asd_ratio <= 0.05).all()
     prompts = manifest(run_dir, "prompt")
     assert sorted(prompts.clip_id) == sorted(heads[heads.status == "ok"].clip_id)
     # the embedded model (llama.cpp, grammar from the reply schema): every clip gets a verdict, none a
@@ -62,7 +66,8 @@ def test_rows_per_status_and_reason(sft_run):
     assert set(zip(prompts.status, prompts.reason.fillna(""))) <= {("ok", ""), ("dropped", "prompt: NO")}
     assert (prompts[prompts.status == "ok"]["query"].str.strip() != "").all()
     assert (prompts.prompt_requests == 1).all() and (prompts.prompt_tokens > 0).all()
-    assert set(prompts.talking_head) <= set(heads.talking_head)   # pass-through keeps upstream columns
+    score = "asd_ratio" if head == "active_speaker" else "talking_head"
+    assert set(prompts[score]) <= set(heads[score])               # pass-through keeps upstream columns
     totals = result.summary["stages"]["prompt"]["totals"]
     assert totals["prompt_requests"] == len(prompts) and totals["prompt_tokens"] == prompts.prompt_tokens.sum()
     english = manifest(run_dir, "transcript_language")
@@ -120,7 +125,8 @@ def test_sigkill_mid_asr_then_resume(tmp_path, samples_dir):
     run_dir = tmp_path / "run"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "pipeline", "run", "sft", "--source", str(samples_dir / "source.jsonl"),
-           "--run", str(run_dir), "--set", "run.part_size=1", "--no-progress"]
+           "--run", str(run_dir), "--set", "run.part_size=1", "--no-progress"] + \
+        [a for s in sft_sets() for a in ("--set", s)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

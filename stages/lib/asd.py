@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stages.lib import light_asd
+from stages.lib.media import MediaError
 
 FPS = 25
 ROWS_PER_FRAME = 4
@@ -68,14 +69,28 @@ class AsdResult:
         return max((float((t.scores > 0).mean()) for t in self.tracks), default=0.0)
 
 
+def decode(cmd: list[str], timeout: float, stream: str) -> bytes:
+    """ffmpeg's raw output; failures as MediaError with the manifest's reason code (`no_media`, `no_audio`
+    or `no_video` by `stream`, `decode_timeout`, `corrupt_media`)."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise MediaError("decode_timeout", f"ffmpeg took more than {timeout:.0f}s") from None
+    if proc.returncode == 0:
+        return proc.stdout
+    detail = proc.stderr.decode(errors="replace").strip()
+    if "No such file" in detail:
+        raise MediaError("no_media", "the media file is missing")
+    if "matches no streams" in detail:
+        raise MediaError(f"no_{stream}", f"the media has no {stream} stream")
+    raise MediaError("corrupt_media", f"the {stream} does not decode: {detail[-300:]}")
+
+
 def clip_audio(path: str, start: float, end: float, timeout: float) -> np.ndarray:
     """The clip's audio, 16 kHz mono int16, scaled to its peak (truncated, as the reference)."""
-    proc = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.3f}", "-i", path,
-                           "-t", f"{end - start:.3f}", "-map", "0:a:0", "-ac", "1", "-ar", str(light_asd.SAMPLE_RATE),
-                           "-f", "s16le", "-"], capture_output=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise ValueError(f"audio does not decode: {proc.stderr.decode(errors='replace').strip()[-300:]}")
-    samples = np.frombuffer(proc.stdout, dtype=np.int16).astype(np.float64)
+    raw = decode(["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.3f}", "-i", path, "-t", f"{end - start:.3f}",
+                  "-map", "0:a:0", "-ac", "1", "-ar", str(light_asd.SAMPLE_RATE), "-f", "s16le", "-"], timeout, "audio")
+    samples = np.frombuffer(raw, dtype=np.int16).astype(np.float64)
     peak = np.abs(samples).max() if len(samples) else 0.0
     return (samples / peak * 32767).astype(np.int16) if peak > 0 else samples.astype(np.int16)
 
@@ -83,13 +98,10 @@ def clip_audio(path: str, start: float, end: float, timeout: float) -> np.ndarra
 def window_rgb(path: str, start: float, frames: int, params: AsdParams) -> np.ndarray:
     """(frames, H, W, 3) uint8 RGB frames at 25 fps from `start` (fewer when the media ends)."""
     w, h = params.detect_width, params.detect_height
-    proc = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.3f}", "-i", path,
-                           "-map", "0:v:0", "-vf", f"fps={FPS},scale={w}:{h}", "-frames:v", str(frames),
-                           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, timeout=params.timeout_s)
-    if proc.returncode != 0:
-        raise ValueError(f"video does not decode: {proc.stderr.decode(errors='replace').strip()[-300:]}")
-    rgb = np.frombuffer(proc.stdout, dtype=np.uint8)[: len(proc.stdout) // (w * h * 3) * w * h * 3]
-    return rgb.reshape(-1, h, w, 3)
+    raw = decode(["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.3f}", "-i", path, "-map", "0:v:0",
+                  "-vf", f"fps={FPS},scale={w}:{h}", "-frames:v", str(frames), "-f", "rawvideo", "-pix_fmt", "rgb24",
+                  "-"], params.timeout_s, "video")
+    return np.frombuffer(raw, dtype=np.uint8)[: len(raw) // (w * h * 3) * w * h * 3].reshape(-1, h, w, 3)
 
 
 def gray(rgb: np.ndarray) -> np.ndarray:
@@ -145,19 +157,22 @@ def crop_faces(gray: np.ndarray, track: Track) -> np.ndarray:
 
 
 def clip_asd(path: str, start: float, end: float, model, faces, params: AsdParams = AsdParams()) -> AsdResult:
-    """Light-ASD over the windows of [start, end] of `path`; `faces(RGB uint8 frame) -> boxes`."""
+    """Light-ASD over the windows of [start, end] of `path`; `faces(frames)`: a face detector
+    (`face_detector`), boxes per frame of an (N, H, W, 3) RGB uint8 stack. Media problems raise MediaError."""
     mfcc = light_asd.mfcc(clip_audio(path, start, end, params.timeout_s)).astype(np.float32)
     frames = len(mfcc) // ROWS_PER_FRAME
     if frames == 0:
-        raise ValueError("the clip has no audio")
+        raise MediaError("cut_short", f"no audio within the clip's {start:.2f}-{end:.2f} s")
     starts = list(range(0, frames - params.window_frames + 1, params.window_every)) or [0]
     tracks: list[Track] = []
     inputs: list[tuple[np.ndarray, np.ndarray]] = []
     lengths = []
     for w, first in enumerate(starts):
         rgb = window_rgb(path, start + first / FPS, min(params.window_frames, frames - first), params)
+        if not len(rgb):
+            raise MediaError("cut_short", f"no video frames from {start + first / FPS:.2f} s")
         lengths.append(len(rgb))
-        found = link_tracks([faces(frame) for frame in rgb], w, params)
+        found = link_tracks(faces(rgb), w, params)
         luma = gray(rgb)
         for track in found:
             rows = mfcc[ROWS_PER_FRAME * (first + track.first):ROWS_PER_FRAME * (first + track.first + len(track.boxes))]
@@ -178,34 +193,59 @@ def clip_asd(path: str, start: float, end: float, model, faces, params: AsdParam
 
 
 class HaarFaces:
-    """Every upright frontal face OpenCV's Haar cascade finds in an RGB frame (stages/lib/faces.py's
-    detector without its rotations and eye check), at least `min_size` px high: boxes as (x1, y1, x2, y2).
-    Weak on small, tilted and turned faces (bench/faces.py)."""
+    """Every upright frontal face OpenCV's Haar cascade finds in each frame of an RGB stack
+    (stages/lib/faces.py's detector without its rotations and eye check), at least `min_size` px high:
+    boxes as (x1, y1, x2, y2) per frame. Weak on small, tilted and turned faces (bench/faces.py)."""
 
     def __init__(self, min_size: int = 16) -> None:
         self.min_size = min_size
         self.detectors: dict = {}       # frame height -> FaceDetector (its minimum is a share of the height)
 
-    def __call__(self, rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
+    def __call__(self, frames: np.ndarray) -> list[list[tuple[int, int, int, int]]]:
         from stages.lib.faces import FaceDetector, FaceParams
 
-        luma = gray(rgb).astype(np.uint8)
-        height = luma.shape[0]
+        height = frames.shape[1]
         if height not in self.detectors:
             params = FaceParams(min_face_fraction=min(1.0, self.min_size / height), angles=(0.0,), eye_check=False)
             self.detectors[height] = FaceDetector(params)
-        return [(int(x), int(y), int(x + w), int(y + h)) for _, (x, y, w, h) in self.detectors[height].faces_in(luma)]
+        detector = self.detectors[height]
+        return [[(int(x), int(y), int(x + w), int(y + h)) for _, (x, y, w, h) in detector.faces_in(luma)]
+                for luma in gray(frames).astype(np.uint8)]
 
 
-DETECTORS = ("mtcnn", "haar")
+class YuNetFaces:
+    """libfacedetection's YuNet CNN (the `yuface` wheel, BSD-3, its weights compiled into the library; wheels
+    for CPython 3.10/3.11 only): boxes of faces about `min_size` px high or more per RGB frame. 3.5x MTCNN's
+    speed one frame a call, but it misses about half of the 16 px faces that MTCNN finds (bench/faces.py)."""
+
+    def __init__(self, min_size: int = 16, confidence: float = 0.5) -> None:
+        import yuface
+
+        self.detect, self.min_size, self.confidence = yuface.detect, min_size, confidence
+
+    def __call__(self, frames: np.ndarray) -> list[list[tuple[int, int, int, int]]]:
+        out = []
+        h, w = frames.shape[1:3]
+        for frame in frames:
+            _, boxes, _ = self.detect(np.ascontiguousarray(frame[..., ::-1]), conf=self.confidence)   # BGR in
+            boxes = np.asarray(boxes, np.uint16).view(np.int16).astype(int)   # XYWH, stored unsigned
+            # YuNet's box of a face `min_size` high is often a little smaller: keep from 3/4 of it
+            out.append([(max(0, x), max(0, y), min(w, x + bw), min(h, y + bh))
+                        for x, y, bw, bh in boxes if bh >= 0.75 * self.min_size and bw > 0])
+        return out
 
 
-def face_detector(name: str, min_size: int = 16):
-    """A detector by name: `mtcnn` (stages/lib/mtcnn.py) or `haar`."""
+DETECTORS = ("mtcnn", "yunet", "haar")
+
+
+def face_detector(name: str, min_size: int = 16, device: str = "cpu"):
+    """A detector by name: `mtcnn` (stages/lib/mtcnn.py, on `device`), `yunet` or `haar` (CPU)."""
     if name == "mtcnn":
         from stages.lib.mtcnn import MTCNN
 
-        return MTCNN(min_size=max(12, min_size))
+        return MTCNN(min_size=max(12, min_size), device=device)
+    if name == "yunet":
+        return YuNetFaces(min_size=min_size)
     if name == "haar":
         return HaarFaces(min_size=min_size)
     raise ValueError(f"face detector must be one of {', '.join(DETECTORS)}, not {name!r}")

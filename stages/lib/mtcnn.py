@@ -102,8 +102,12 @@ def _networks():
 
 
 class MTCNN:
+    """`detector(frames)`: the faces of each frame of a (N, H, W, 3) RGB uint8 stack, as lists of
+    (x1, y1, x2, y2) boxes. Frames go through each network together, `batch` at a time (one P-Net call per
+    pyramid scale, one R-Net and one O-Net call for all candidates), not one frame at a time."""
+
     def __init__(self, min_size: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
-                 factor: float = 0.709) -> None:
+                 factor: float = 0.709, batch: int = 32, device: str = "cpu") -> None:
         import torch
 
         folder = weights_dir()
@@ -111,67 +115,84 @@ class MTCNN:
         for cls, name in zip(_networks(), ("pnet", "rnet", "onet")):
             net = cls()
             net.load_state_dict(torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True))
-            self.nets.append(net.eval())
+            self.nets.append(net.eval().to(device))
         self.min_size, self.thresholds, self.factor = min_size, thresholds, factor
+        self.batch, self.device = batch, device
 
-    def __call__(self, rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
-        return [tuple(int(round(v)) for v in box[:4]) for box in self.detect(rgb)]
+    def __call__(self, frames: np.ndarray) -> list[list[tuple[int, int, int, int]]]:
+        return [[tuple(int(round(v)) for v in box[:4]) for box in boxes] for boxes in self.detect(frames)]
 
-    def detect(self, rgb: np.ndarray) -> np.ndarray:
-        """(n, 5): x1, y1, x2, y2, score of the faces in an RGB uint8 frame."""
+    def detect(self, frames: np.ndarray) -> list[np.ndarray]:
+        """Per frame of an (N, H, W, 3) RGB uint8 stack: (n, 5) x1, y1, x2, y2, score of its faces."""
+        out = []
+        for first in range(0, len(frames), self.batch):
+            out += self._detect(frames[first:first + self.batch])
+        return out
+
+    def _detect(self, frames: np.ndarray) -> list[np.ndarray]:
         import torch
         import torch.nn.functional as F
 
         pnet, rnet, onet = self.nets
-        h, w = rgb.shape[:2]
-        image = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
-        found = []
+        n, h, w = frames.shape[:3]
+        images = torch.from_numpy(np.require(frames, np.uint8, ['C', 'W'])).to(self.device).permute(0, 3, 1, 2).float()
+        found: list[list[np.ndarray]] = [[] for _ in range(n)]
         with torch.no_grad():
             scale = 12.0 / self.min_size
             side = min(h, w) * scale
             while side >= 12:
                 size = (int(h * scale + 1), int(w * scale + 1))
-                data = (F.interpolate(image, size=size, mode="area") - 127.5) * 0.0078125
-                reg, prob = pnet(data)
-                found.append(self._proposals(reg[0].numpy(), prob[0, 1].numpy(), scale))
+                reg, prob = pnet((F.interpolate(images, size=size, mode="area") - 127.5) * 0.0078125)
+                reg, prob = reg.cpu().numpy(), prob[:, 1].cpu().numpy()
+                for i in range(n):
+                    found[i].append(self._proposals(reg[i], prob[i], scale, self.thresholds[0]))
                 scale *= self.factor
                 side *= self.factor
-            boxes = np.concatenate(found) if found else np.zeros((0, 9))
-            if len(boxes):
-                boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
-                span = boxes[:, 2:4] - boxes[:, 0:2]
-                boxes = np.column_stack([boxes[:, 0:2] + boxes[:, 5:7] * span, boxes[:, 2:4] + boxes[:, 7:9] * span,
-                                         boxes[:, 4]])
-                boxes = self._square(boxes)
-            for net, size, threshold, by_min in ((rnet, 24, self.thresholds[1], False),
-                                                 (onet, 48, self.thresholds[2], True)):
-                if not len(boxes):
+            boxes = [self._pyramid_boxes(np.concatenate(f) if f else np.zeros((0, 9))) for f in found]
+            for net, size, threshold in ((rnet, 24, self.thresholds[1]), (onet, 48, self.thresholds[2])):
+                if not any(len(b) for b in boxes):
                     break
-                reg, prob = net(self._crops(image, boxes, size))
-                score = prob[:, 1].numpy()
-                keep = score > threshold
-                boxes, reg, score = boxes[keep], reg.numpy()[keep], score[keep]
-                if not len(boxes):
-                    break
-                boxes[:, 4] = score
-                if size == 24:
-                    kept = nms(boxes[:, :4], score, 0.7)
-                    boxes, reg = boxes[kept], reg[kept]
-                span = boxes[:, 2:4] - boxes[:, 0:2] + 1
-                boxes[:, 0:2] += reg[:, 0:2] * span
-                boxes[:, 2:4] += reg[:, 2:4] * span
-                if size == 24:
-                    boxes = self._square(boxes)
-                else:
-                    boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7, by_min=by_min)]
+                crops = torch.cat([self._crops(images[i:i + 1], b, size) for i, b in enumerate(boxes) if len(b)])
+                reg, prob = net(crops)
+                reg, score = reg.cpu().numpy(), prob[:, 1].cpu().numpy()
+                ends = np.cumsum([len(b) for b in boxes])
+                boxes = [self._refine(b, reg[end - len(b):end], score[end - len(b):end], size, threshold)
+                         for b, end in zip(boxes, ends)]
+        for b in boxes:
+            b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
+            b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
+        return [b[:, :5] for b in boxes]
+
+    def _pyramid_boxes(self, boxes: np.ndarray) -> np.ndarray:
+        """P-Net's proposals of one frame over all scales: merged, moved by their regression, squared."""
         if not len(boxes):
             return np.zeros((0, 5))
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-        return boxes
+        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+        span = boxes[:, 2:4] - boxes[:, 0:2]
+        boxes = np.column_stack([boxes[:, 0:2] + boxes[:, 5:7] * span, boxes[:, 2:4] + boxes[:, 7:9] * span,
+                                 boxes[:, 4]])
+        return self._square(boxes)
+
+    def _refine(self, boxes: np.ndarray, reg: np.ndarray, score: np.ndarray, size: int,
+                threshold: float) -> np.ndarray:
+        """One frame's boxes after R-Net (size 24) or O-Net (48): kept above the threshold, merged, moved."""
+        keep = score > threshold
+        boxes, reg, score = boxes[keep], reg[keep], score[keep]
+        if not len(boxes):
+            return np.zeros((0, 5))
+        boxes[:, 4] = score
+        if size == 24:
+            kept = nms(boxes[:, :4], score, 0.7)
+            boxes, reg = boxes[kept], reg[kept]
+        span = boxes[:, 2:4] - boxes[:, 0:2] + 1
+        boxes[:, 0:2] += reg[:, 0:2] * span
+        boxes[:, 2:4] += reg[:, 2:4] * span
+        if size == 24:
+            return self._square(boxes)
+        return boxes[nms(boxes[:, :4], boxes[:, 4], 0.7, by_min=True)]
 
     @staticmethod
-    def _proposals(reg: np.ndarray, prob: np.ndarray, scale: float, threshold: float = 0.6) -> np.ndarray:
+    def _proposals(reg: np.ndarray, prob: np.ndarray, scale: float, threshold: float) -> np.ndarray:
         ys, xs = np.nonzero(prob >= threshold)
         if not len(ys):
             return np.zeros((0, 9))

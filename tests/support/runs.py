@@ -13,6 +13,28 @@ from pipeline import config, runner
 from pipeline.store import RunStore
 
 
+def sft_head() -> str:
+    """The talking-head stage of the tests' sft runs: the profile's own `active_speaker` where the
+    Light-ASD weights are at hand without a network (../shared, $LIGHT_ASD_WEIGHTS, the cache); else
+    `talking_head` (the face-count filter), swapped in as a user without the weights would do."""
+    from stages.lib.light_asd import resolve_weights
+
+    try:
+        resolve_weights(download=False)
+        return "active_speaker"
+    except ValueError:
+        return "talking_head"
+
+
+def sft_sets() -> list[str]:
+    """`--set` items that make a run of the sft profile use `sft_head()`."""
+    stages = list(config.load("sft").stages)
+    if sft_head() in stages:
+        return []
+    stages[stages.index("active_speaker")] = sft_head()
+    return [f"stages=[{', '.join(stages)}]"]
+
+
 def run_pretrain(run_dir: Path, source: Path, *sets: str, only: str | None = None,
                  from_stage: str | None = None, profile: str = "pretrain") -> runner.RunResult:
     overrides = config.parse_overrides([f"run.dir={run_dir}", f"run.source={source}", *sets])
