@@ -21,10 +21,12 @@ WORKERS ?=
 setup: $(VENV)/.installed system-deps
 setup-models: $(VENV)/.installed-models system-deps
 
+# Debian packages named as their commands; `make test` adds chromium (the report test's browser)
+SYSTEM_DEBS ?= ffmpeg espeak-ng
+
 system-deps:
 	@missing=""; \
-	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
-	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	for deb in $(SYSTEM_DEBS); do command -v $$deb >/dev/null 2>&1 || missing="$$missing $$deb"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (Debian packages)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -62,6 +64,7 @@ train: setup-models
 	  $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) $(foreach s,$(SET),--set $(s))
 
 test: setup-models
+	@$(MAKE) --no-print-directory system-deps SYSTEM_DEBS="ffmpeg espeak-ng chromium"
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q $(ARGS)
 
 bench: setup-models

@@ -1,4 +1,4 @@
-"""`python -m pipeline run|status|inspect|export`: the command line. Heavy imports happen per command."""
+"""`python -m pipeline run|status|inspect|report|export`: the command line. Heavy imports happen per command."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--rows", type=int, default=5)
     inspect.add_argument("--status", choices=["ok", "dropped", "error"], help="show rows of this status")
 
+    report = sub.add_parser("report", help="(re)write RUN/report.html: funnel, histograms, clip gallery")
+    report.add_argument("run_dir")
+    report.add_argument("--no-thumbnails", action="store_true", help="no frames in the gallery (faster)")
+
     export = sub.add_parser("export", help="the run's kept clips in another format (livecc: LiveCC's JSONL)")
     export.add_argument("run_dir")
     export.add_argument("out", help="the file to write, e.g. sft.jsonl")
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             return _status(args.run_dir)
         if args.command == "export":
             return _export(args)
+        if args.command == "report":
+            return _report(args.run_dir, not args.no_thumbnails)
         return _inspect(args.run_dir, args.stage, args.rows, args.status)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -75,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
     ran = ", ".join(f"{k} {v}" for k, v in result.ran.items())
     skipped = ", ".join(f"{k} {v}" for k, v in result.skipped.items() if v)
     print(f"parts run now: {ran}" + (f"; already done: {skipped}" if skipped else ""))
+    if result.report:
+        print(f"report: {result.report}")
     for stage, part, message in result.failed:
         print(f"FAILED {stage} part {part}: {message}", file=sys.stderr)
     return 0 if result.ok else 1
@@ -85,6 +93,16 @@ def _export(args: argparse.Namespace) -> int:
 
     result = export_livecc(args.run_dir, args.out, relative=args.relative)
     print(f"{result.rows} clips of {args.run_dir} ({result.clips_stage}) -> {result.path}")
+    return 0
+
+
+def _report(run_dir: str, thumbnails: bool) -> int:
+    from pipeline.report import write_report
+    from pipeline.store import RunStore
+
+    if not RunStore(run_dir).exists(RunStore(run_dir).path("run.json")):
+        raise ConfigError(f"{run_dir} is not a run folder (no run.json)")
+    print(write_report(run_dir, thumbnails))
     return 0
 
 

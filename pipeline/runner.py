@@ -44,6 +44,7 @@ class RunResult:
     summary: dict = field(default_factory=dict)
     ray_address: str = ""
     cluster_cpus: float = 0.0
+    report: str | None = None                               # RUN/report.html, once written
 
     @property
     def ok(self) -> bool:
@@ -271,6 +272,12 @@ def _run_locked(cfg: RunConfig, stages: list[Stage], source_uri: str, store: Run
             ray.shutdown()
     result.summary = summarize(store)
     write_summary(store, result.summary)
+    try:
+        from pipeline.report import write_report
+
+        result.report = write_report(store.uri)
+    except Exception as exc:        # the data is written; a report that fails must not fail the run
+        log.warning("report.html not written: %s: %s", type(exc).__name__, exc)
     return result
 
 
@@ -278,8 +285,8 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
               start: int, last: int, run_id: str, progress: bool, secrets: dict[int, dict] | None = None,
               redact_params: tuple[str, ...] = DEFAULT_PARAMS) -> RunResult:
     import ray
-    from tqdm import tqdm
 
+    from pipeline.progress import StageProgress
     from pipeline.worker import StageActor, run_task
 
     result = RunResult(run_dir=store.uri, parts=parts,
@@ -294,8 +301,7 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
     per_stage_flight = [0] * len(stages)
     ready: list[tuple[int, int]] = []                   # (stage index, part)
     position: dict[int, int] = {}                       # part -> the stage it waits for or runs in
-    bars = [tqdm(total=parts, desc=f"{s.name:<19}", position=i, leave=True, disable=not progress,
-                 unit="part", dynamic_ncols=True) for i, s in enumerate(stages)]
+    meter = StageProgress([s.name for s in stages], parts, enabled=progress)
 
     def output_sha(stage_index: int, part: int) -> str | None:
         name = SOURCE if stage_index < 0 else stages[stage_index].name
@@ -316,7 +322,7 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
                      and marker.get("input_sha") == upstream_sha and not marker.get("retry"))
             if valid and index not in forced:
                 result.skipped[stage.name] += 1
-                bars[index].update(1)
+                meter.update(index)
                 index += 1
                 continue
             ready.append((index, part))
@@ -382,7 +388,7 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
                     position.pop(part, None)
                     continue
                 result.ran[name] += 1
-                bars[index].update(1)
+                meter.update(index)
                 log.info("stage %s part %d: %d in, %d out, %.2fs", name, part, marker["rows_in"],
                          marker["rows_out"], marker["seconds"])
                 if index < last:
@@ -390,9 +396,9 @@ def _schedule(store: RunStore, stages: list[Stage], chains: list[str], parts: in
                 else:
                     position.pop(part, None)
             release_idle_actors()
+            meter.tick()
     finally:
-        for bar in bars:
-            bar.close()
+        meter.close()
         for pool in pools:
             if pool is not None:
                 pool.release(0.0)

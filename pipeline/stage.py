@@ -216,6 +216,11 @@ class Stage:
         """Numeric columns whose sums the summary shows (requests, tokens, cost)."""
         return []
 
+    def thresholds(self) -> dict[str, tuple[float, ...]]:
+        """Numeric columns this stage decides on, with the configured limits (the run report draws
+        them on the column's histogram)."""
+        return {}
+
 
 class ColumnarStage(Stage):
     """A stage that works on whole columns: it implements `process_table`. `process` (rows as dicts,

@@ -65,6 +65,9 @@ class Config:
 
 class ActiveSpeaker(ScoredStage):
     name = "active_speaker"
+
+    def thresholds(self) -> dict[str, tuple[float, ...]]:
+        return {"asd_ratio": (self.config.max_ratio,), "asd_max_track_share": ()}
     Config = Config
     schema = ACTIVE_SPEAKER
     threshold_fields = ("max_ratio",)

@@ -48,6 +48,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ from pipeline.redact import basic_auth
 from pipeline.stage import PartContext, Resources, Stage, dropped, error, ok
 from stages.lib import media
 from stages.lib import ytdlp
+from stages.lib.hostgate import GATE, host_of
 from stages.lib.ytdlp import DownloadFailure, NoCaptions
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,17 @@ class Config:
     socket_timeout_s: float = 30.0
     cookies_file: str | None = None             # Netscape cookies file for yt-dlp (never logged)
     max_retry_after_s: float = 60.0             # a 429/503 Retry-After is honoured up to this long
+    # crawling at scale (YouTube): see README "Downloading from YouTube"
+    proxies: tuple[str, ...] = ()               # proxy URLs; a row's attempts take them in turn
+    host_requests_per_min: float = 0.0          # fetches started per host per minute, per worker (0: no limit)
+    slowdown_pause_s: float = 120.0             # after a 429 or a bot check the host rests this long (or Retry-After)
+    sleep_s: float = 0.0                        # yt-dlp: sleep before each download (random up to max_sleep_s)
+    max_sleep_s: float = 0.0
+    sleep_requests_s: float = 0.0               # yt-dlp: sleep between its extraction requests
+    rate_limit_bytes: int = 0                   # yt-dlp: bytes/s per download (0: no limit)
+    concurrent_fragments: int = 1               # yt-dlp: fragments of one DASH/HLS download fetched at once
+    extractor_args: tuple[str, ...] = ()        # yt-dlp --extractor-args, e.g. "youtube:player_client=web_safari;po_token=..."
+    js_runtime: str = ""                        # deno binary for YouTube's player JS; empty: the deno package's
 
     def __post_init__(self) -> None:
         if self.max_height < 1:
@@ -109,10 +122,22 @@ class Config:
             raise ValueError("socket_timeout_s must be > 0")
         if self.max_retry_after_s < 0:
             raise ValueError("max_retry_after_s must be >= 0")
+        for name in ("host_requests_per_min", "slowdown_pause_s", "sleep_s", "max_sleep_s", "sleep_requests_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.max_sleep_s and self.max_sleep_s < self.sleep_s:
+            raise ValueError("max_sleep_s must be >= sleep_s (or 0)")
+        if self.rate_limit_bytes < 0 or self.concurrent_fragments < 1:
+            raise ValueError("rate_limit_bytes must be >= 0 and concurrent_fragments >= 1")
+        for proxy in self.proxies:
+            if urllib.parse.urlparse(proxy).scheme not in ("http", "https", "socks4", "socks4a", "socks5", "socks5h"):
+                raise ValueError("proxies: each must be a URL such as http://host:3128 or socks5://host:1080")
+        ytdlp.parse_extractor_args(self.extractor_args)
 
-    def __repr__(self) -> str:  # keep the cookies path out of reprs that end up in logs
-        fields = {k: v for k, v in self.__dict__.items() if k != "cookies_file"}
-        fields["cookies_file"] = "<set>" if self.cookies_file else None
+    def __repr__(self) -> str:  # keep the cookies path, proxy credentials and PO tokens out of logs
+        secret = ("cookies_file", "proxies", "extractor_args")
+        fields = {k: v for k, v in self.__dict__.items() if k not in secret}
+        fields.update({k: "<set>" if getattr(self, k) else getattr(self, k) for k in secret})
         return "Config(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
 
 
@@ -204,18 +229,34 @@ class Download(Stage):
         tmp = media_dir / f".tmp-{vid}"
         attempts = 0
         placed: _Placed | None = None
+        full_url = ctx.full_value(row, "url").strip()
+        if _local_path(full_url) is None and "://" in full_url:
+            host = host_of(full_url)                    # fetches are paced per host (stages/lib/hostgate.py)
+        else:
+            host = "youtube.com" if _local_path(full_url) is None and ids.is_youtube(full_url) else ""
         while True:
             attempts += 1
+            if host:
+                GATE.wait(host, cfg.host_requests_per_min)
+            proxy = cfg.proxies[(zlib.crc32(vid.encode()) + attempts) % len(cfg.proxies)] if cfg.proxies else None
             try:
-                placed = self._fetch(row, ctx.full_value(row, "url").strip(), tmp, ctx)
+                placed = self._fetch(row, full_url, tmp, ctx, proxy)
                 break
             except _Dropped as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 make = error if isinstance(exc, _Failed) else dropped
                 return make(row, exc.reason, attempts=attempts)
             except DownloadFailure as exc:
+                slow_down = exc.code == "bot_check" or exc.retry_after is not None or \
+                    bool(re.search(r"\b429\b", exc.message))
+                if host and slow_down:      # every row bound for this host waits, not only this one
+                    pause = cfg.slowdown_pause_s if exc.retry_after is None else \
+                        min(exc.retry_after, cfg.max_retry_after_s)
+                    GATE.pause(host, pause)
+                    log.warning("download: %s asked to slow down (%s): no fetch from it for %.0fs",
+                                host, exc.code, pause)
                 if exc.transient and attempts <= cfg.retries:
-                    delay = self._backoff(attempts, exc.retry_after)
+                    delay = 0.0 if host and slow_down else self._backoff(attempts, exc.retry_after)
                     log.info("download %s: %s (attempt %d, retry in %.1fs)", vid, exc.code, attempts, delay)
                     time.sleep(delay)
                     continue
@@ -249,7 +290,7 @@ class Download(Stage):
         return min(60.0, base * random.uniform(0.5, 1.0))
 
     # ------------------------------------------------------------------------------------ fetching
-    def _fetch(self, row: dict, url: str, tmp: Path, ctx: PartContext) -> _Placed:
+    def _fetch(self, row: dict, url: str, tmp: Path, ctx: PartContext, proxy: str | None = None) -> _Placed:
         """One attempt: everything lands in `tmp`. Raises DownloadFailure or _Dropped. `url` and the
         captions are the full values (credentials included): messages quote them redacted."""
         cfg = self.config
@@ -281,7 +322,7 @@ class Download(Stage):
                 raise DownloadFailure("unsupported_url",
                                       f"not a URL, YouTube id or existing file: {ctx.redact_url(url)[:100]}")
             try:
-                got = ytdlp.download(target, tmp, vid, cfg, captions=provided is None)
+                got = ytdlp.download(target, tmp, vid, cfg, captions=provided is None, proxy=proxy)
             except NoCaptions as exc:
                 raise _Dropped(f"no_captions: {exc}") from None
             placed = _Placed(got.video_path, ytdlp.clean_info(got.info, ctx.redact_params), got.captions_path,

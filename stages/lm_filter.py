@@ -109,6 +109,9 @@ class Config:
 
 class LmFilter(ScoredStage):
     name = "lm_filter"
+
+    def thresholds(self) -> dict[str, tuple[float, ...]]:
+        return {"lm_loss": (self.config.min_loss, self.config.max_loss)}
     Config = Config
     schema = LM_FILTER
     threshold_fields = ("min_loss", "max_loss")

@@ -229,6 +229,9 @@ PLANNED = {"asd": "active speaker detection as a talking_head backend (it is the
 
 class TalkingHead(ScoredStage):
     name = "talking_head"
+
+    def thresholds(self) -> dict[str, tuple[float, ...]]:
+        return {"talking_head": (self.config.max_score,)}
     Config = Config
     schema = TALKING_HEAD
     threshold_fields = ("max_score",)

@@ -100,6 +100,9 @@ class Config:
 
 class TranscriptLanguage(ScoredStage):
     name = "transcript_language"
+
+    def thresholds(self) -> dict[str, tuple[float, ...]]:
+        return {SCORE: (self.config.min_score,)}
     Config = Config
     schema = pa.schema(ROW + TRANSCRIPT_LANGUAGE)
     passthrough = True

@@ -3,6 +3,7 @@ language check, clips that obey the rules, shards read back with webdataset whos
 their clip, and threshold changes that re-run only the changed stage and what follows it."""
 import subprocess
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import webdataset as wds
 
 from pipeline.samples import http_source
 from pipeline.store import RunStore
+from tests.support.browser import Browser
 from tests.support.http_server import LoopbackServer
 from training.frames import decode_clip
 from tests.support.runs import manifest, reasons, run_pretrain
@@ -91,6 +93,45 @@ def test_rows_per_status_and_reason(local_run):
     assert summary["metadata_filter"]["errors"]["malformed_row"] == 2
     assert summary["transcript_language"]["dropped"] == {"language_score": 1}
     assert summary["transcript_language"]["score_quantiles"]["transcript_language_score"]["min"] < 0.9
+
+
+def test_the_run_report_opens_offline_in_chromium_and_matches_the_manifests(local_run, tmp_path):
+    """RUN/report.html, loaded from disk by headless chromium: the funnel table holds the manifests'
+    counts, every scored or thresholded column has its histogram, the gallery shows kept clips with
+    frames and words and every clip-stage drop reason, nothing is fetched and nothing fails."""
+    run_dir, result = local_run
+    assert result.report and Path(result.report) == run_dir / "report.html"
+    with Browser() as browser:
+        browser.open(run_dir / "report.html")
+        funnel = browser.evaluate("""Object.fromEntries([...document.querySelectorAll('#funnel tbody tr')].map(
+            r => [r.dataset.stage, ['in', 'kept', 'dropped', 'errors'].map(c => +r.querySelector('td.' + c).textContent)]))""")
+        figures = browser.evaluate("""[...document.querySelectorAll('figure.histogram')].filter(
+            f => f.querySelector('svg rect')).map(f => f.dataset.stage + '.' + f.dataset.column)""")
+        cards = browser.evaluate("""[...document.querySelectorAll('#gallery .clip')].map(c => [c.dataset.stage,
+            c.dataset.status, c.dataset.reason, c.querySelectorAll('.thumbs img').length, c.querySelectorAll('.w').length])""")
+        outside = browser.evaluate("""[...document.querySelectorAll('[src], [href], script, link')].map(
+            e => e.getAttribute('src') || e.getAttribute('href') || e.tagName).filter(u => !u.startsWith('data:'))""")
+        problems = browser.problems()
+        browser.screenshot(tmp_path / "report.png")
+    assert problems == [] and outside == []
+    rows_in = len(manifest(run_dir, "source"))
+    for stage in STAGES:          # in: the rows the stage before kept; out: its manifest (clip_split fans out)
+        m = manifest(run_dir, stage)
+        assert funnel[stage] == [rows_in, *((m.status == s).sum() for s in ("ok", "dropped", "error"))], stage
+        rows_in = (m.status == "ok").sum()
+    assert set(figures) >= {"metadata_filter.duration", "clip_split.span", "clip_split.wps", "lm_filter.lm_loss",
+                            "talking_head.talking_head", "transcript_language.transcript_language_score"}
+    kept = [c for c in cards if c[1] == "ok"]
+    assert kept and all(images == 4 and words > 0 for *_, images, words in kept)
+    shown = {(stage, status, reason) for stage, status, reason, *_ in cards}
+    drops = set()
+    for stage in ("clip_split", "lm_filter", "talking_head", "shard"):
+        m = manifest(run_dir, stage)
+        drops |= {(stage, s, r.split(":")[0]) for s, r in zip(m.status, m.reason.fillna("")) if s != "ok"}
+    assert {("clip_split", "dropped", "too_fast"), ("talking_head", "dropped", "talking_head")} <= drops <= shown
+    png = (tmp_path / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
+    print(f"screenshot: {tmp_path / 'report.png'}")
 
 
 def test_clips_obey_the_rules(local_run):

@@ -19,6 +19,7 @@ info dict loses every `cookies` / `http_headers` field, and messages are scrubbe
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import re
@@ -338,7 +339,50 @@ def format_selector(max_height: int | None) -> str:
     return f"bv*[height<=?{h}]+ba/b[height<=?{h}]/wv*+ba/w"
 
 
-def _base_options(timeout: float, logger: _Logger, cookiefile: str | None) -> dict:
+def parse_extractor_args(items: Iterable[str]) -> dict[str, dict[str, list[str]]]:
+    """yt-dlp's `--extractor-args` syntax, `IE:KEY=V1,V2;KEY2=V` per item, as its API's dict."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for item in items:
+        ie, sep, rest = item.partition(":")
+        if not sep or not ie.strip() or "=" not in rest:
+            raise ValueError(f"extractor_args {item.split('=')[0]!r}...: expected IE:KEY=VALUE[,VALUE][;KEY=VALUE], "
+                             f"e.g. youtube:player_client=web_safari")
+        for pair in filter(None, rest.split(";")):
+            key, _, values = pair.partition("=")
+            out.setdefault(ie.strip().lower(), {})[key.strip().replace("-", "_")] = values.split(",")
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def js_runtime(configured: str = "") -> tuple[str, str] | None:
+    """(path, version) of the JavaScript runtime yt-dlp runs YouTube's player code with: the `deno`
+    binary `configured` names, else the `deno` package's (a project dependency), else one on PATH; None
+    when there is none."""
+    import subprocess
+
+    path = configured or None
+    if path is None:
+        try:
+            import deno
+
+            path = deno.find_deno_bin()
+        except (ImportError, OSError, RuntimeError):
+            pass
+    path = path or shutil.which("deno")
+    if not path:
+        return None
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.match(r"deno (\S+)", out)
+    return (path, match.group(1)) if match else None
+
+
+def _base_options(timeout: float, logger: _Logger, cookiefile: str | None, cfg: Any = None,
+                  proxy: str | None = None) -> dict:
+    """yt-dlp's options for one call; `cfg` (the download stage's config, any missing attribute at its
+    default) adds the crawling settings: JS runtime, sleeps, rate limit, fragments, extractor args."""
     opts: dict[str, Any] = {
         "quiet": True,
         "no_warnings": False,
@@ -358,6 +402,21 @@ def _base_options(timeout: float, logger: _Logger, cookiefile: str | None) -> di
     }
     if cookiefile:
         opts["cookiefile"] = cookiefile
+    if proxy:
+        opts["proxy"] = proxy
+    runtime = js_runtime(getattr(cfg, "js_runtime", "") or "")
+    if runtime:
+        opts["js_runtimes"] = {"deno": {"path": runtime[0]}}
+    if getattr(cfg, "sleep_s", 0) or getattr(cfg, "max_sleep_s", 0):
+        opts["sleep_interval"] = cfg.sleep_s
+        opts["max_sleep_interval"] = max(cfg.sleep_s, cfg.max_sleep_s)
+    if getattr(cfg, "sleep_requests_s", 0):
+        opts["sleep_interval_requests"] = cfg.sleep_requests_s
+    if getattr(cfg, "rate_limit_bytes", 0):
+        opts["ratelimit"] = cfg.rate_limit_bytes
+    opts["concurrent_fragment_downloads"] = getattr(cfg, "concurrent_fragments", 1)
+    if getattr(cfg, "extractor_args", ()):
+        opts["extractor_args"] = parse_extractor_args(cfg.extractor_args)
     return opts
 
 
@@ -445,7 +504,7 @@ def _extract(ydl: Any, url: str) -> dict:
     return info
 
 
-def fetch_info(url: str, timeout: float = 30.0, cookies_file: str | None = None) -> dict:
+def fetch_info(url: str, timeout: float = 30.0, cookies_file: str | None = None, cfg: Any = None) -> dict:
     """The info dict of `url` (no download), sanitized to plain JSON types and without cookie or
     Authorization fields (formats and caption URLs kept: `choose_captions` works on it); raises
     DownloadFailure."""
@@ -453,11 +512,12 @@ def fetch_info(url: str, timeout: float = 30.0, cookies_file: str | None = None)
 
     logger = _Logger()
     with _PrivateCookies(cookies_file) as cookiefile:
-        with yt_dlp.YoutubeDL(_base_options(timeout, logger, cookiefile)) as ydl:
+        with yt_dlp.YoutubeDL(_base_options(timeout, logger, cookiefile, cfg)) as ydl:
             return strip_secrets(_sanitize(ydl, _extract(ydl, url)))
 
 
-def download(url: str, dest_dir: Path, video_id: str, cfg: Any, *, captions: bool = True) -> DownloadedMedia:
+def download(url: str, dest_dir: Path, video_id: str, cfg: Any, *, captions: bool = True,
+             proxy: str | None = None) -> DownloadedMedia:
     """Download `url` into `dest_dir` as `{video_id}.<ext>` (and `{video_id}.<lang>.<ext>` captions).
 
     `cfg` provides `max_height`, `caption_langs`, `caption_formats`, `require_captions`,
@@ -475,7 +535,7 @@ def download(url: str, dest_dir: Path, video_id: str, cfg: Any, *, captions: boo
                     if f in SUPPORTED_CAPTION_FORMATS)
     logger = _Logger()
     with _PrivateCookies(getattr(cfg, "cookies_file", None)) as cookiefile:
-        base = _base_options(timeout, logger, cookiefile)
+        base = _base_options(timeout, logger, cookiefile, cfg, proxy)
         with yt_dlp.YoutubeDL(base) as ydl:
             info = _extract(ydl, url)
 
