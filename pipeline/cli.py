@@ -1,4 +1,4 @@
-"""`python -m pipeline run|status|inspect|report|export`: the command line. Heavy imports happen per command."""
+"""`python -m pipeline run|status|inspect|report|export|doctor`: the command line. Heavy imports happen per command."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--rows", type=int, default=5)
     inspect.add_argument("--status", choices=["ok", "dropped", "error"], help="show rows of this status")
 
+    doctor = sub.add_parser("doctor", help="check ffmpeg, yt-dlp and its JS runtime, Ray, profiles, disk, shared folder")
+    doctor.add_argument("--ray-address", help="check this cluster (host:port or 'auto'); default: a local Ray")
+    doctor.add_argument("--run", dest="run_dir", default="runs", help="the run folder to check (default: runs)")
+    doctor.add_argument("--profile", dest="profiles", action="append",
+                        help="profiles to check (repeatable; default: every profile in profiles/)")
+
     report = sub.add_parser("report", help="(re)write RUN/report.html: funnel, histograms, clip gallery")
     report.add_argument("run_dir")
     report.add_argument("--no-thumbnails", action="store_true", help="no frames in the gallery (faster)")
@@ -55,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             return _status(args.run_dir)
         if args.command == "export":
             return _export(args)
+        if args.command == "doctor":
+            return _doctor(args)
         if args.command == "report":
             return _report(args.run_dir, not args.no_thumbnails)
         return _inspect(args.run_dir, args.stage, args.rows, args.status)
@@ -94,6 +102,16 @@ def _export(args: argparse.Namespace) -> int:
     result = export_livecc(args.run_dir, args.out, relative=args.relative)
     print(f"{result.rows} clips of {args.run_dir} ({result.clips_stage}) -> {result.path}")
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from pipeline.config import PROFILES_DIR
+    from pipeline.doctor import FAIL, diagnose, format_checks
+
+    profiles = args.profiles or sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    checks = diagnose(args.ray_address, args.run_dir, profiles)
+    print(format_checks(checks))
+    return 1 if any(c.status == FAIL for c in checks) else 0
 
 
 def _report(run_dir: str, thumbnails: bool) -> int:

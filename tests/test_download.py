@@ -361,3 +361,62 @@ def test_messages_are_scrubbed():
         "ERROR: boom Authorization: Bearer abc.def Cookie: SID=xyz; HSID=uvw" + HINT))
     assert "abc.def" not in failure.message and "SID=xyz" not in failure.message
     assert "HSID" not in failure.message and "--cookies" not in failure.short()
+
+
+# ------------------------------------------------------------------------------------------ crawling
+
+def test_a_429_rests_the_whole_host_and_fetches_keep_the_host_rate(tmp_path, www):
+    """Three rows of one host, 60 fetches a minute: they start a second apart; the first gets a 429 with
+    Retry-After 2, after which no request reaches the host for 2 s (the other rows wait, not only the
+    throttled one), and the throttled row then succeeds."""
+    from stages.lib.hostgate import GATE
+
+    GATE.next_start.clear()
+    GATE.paused_until.clear()
+    with LoopbackServer(www, throttle={"/page.html": (1, "2")}) as srv:
+        rows = [_row("a", srv.url("page.html")), _row("b", srv.url("both.html")), _row("c", srv.url("nocap.html"))]
+        out = _run(tmp_path, rows, concurrency=3, host_requests_per_min=60, require_captions=False)
+        times = list(srv.times)
+    assert [r["status"] for r in out] == ["ok"] * 3, [r["reason"] for r in out]
+    throttled_at = next(t for p, t in times if p == "/page.html")
+    after = [t - throttled_at for p, t in times if t > throttled_at]
+    assert after and min(after) >= 1.9, after
+    firsts = sorted(next(t for p, t in times if p == page) for page in ("/page.html", "/both.html", "/nocap.html"))
+    assert all(b - a >= 0.95 for a, b in zip(firsts, firsts[1:])), firsts
+
+
+def test_fetches_go_through_the_configured_proxies_in_turn(tmp_path, www):
+    """Two forward proxies (loopback servers that serve the same files for absolute-URI requests): every
+    request reaches a proxy, none the origin, and each retry of a row moves to the next proxy (each
+    proxy fails the flaky page once: attempts 1 and 2 fail on different proxies, 3 succeeds)."""
+    with LoopbackServer(www) as origin, LoopbackServer(www, fail_first={"/flaky.html": 1}) as p1, \
+            LoopbackServer(www, fail_first={"/flaky.html": 1}) as p2:
+        rows = [_row("flaky", origin.url("flaky.html")), _row("plain", origin.url("page.html"))]
+        out = _run(tmp_path, rows, proxies=(p1.base_url, p2.base_url))
+        assert [r["status"] for r in out] == ["ok", "ok"], [r["reason"] for r in out]
+        assert origin.requests == []
+        sent = p1.targets + p2.targets
+        assert sent and all(t.startswith(origin.base_url) for t in sent)      # absolute URIs: a proxy's requests
+        assert out[0]["attempts"] == 3
+        assert sorted((p1.count("/flaky.html"), p2.count("/flaky.html"))) == [1, 2]
+
+
+def test_crawl_settings_reach_ytdlp_and_bad_ones_are_refused():
+    from stages.download import Config
+
+    cfg = Config(extractor_args=("youtube:player_client=web_safari,default;po_token=web.gvs+TOKEN",),
+                 sleep_s=1.0, max_sleep_s=3.0, sleep_requests_s=0.5, rate_limit_bytes=2_000_000,
+                 concurrent_fragments=4, proxies=("socks5://user:secret@10.0.0.1:1080",))
+    opts = ytdlp._base_options(30.0, None, None, cfg, cfg.proxies[0])
+    assert opts["extractor_args"] == {"youtube": {"player_client": ["web_safari", "default"],
+                                                  "po_token": ["web.gvs+TOKEN"]}}
+    assert (opts["sleep_interval"], opts["max_sleep_interval"], opts["sleep_interval_requests"]) == (1.0, 3.0, 0.5)
+    assert (opts["ratelimit"], opts["concurrent_fragment_downloads"]) == (2_000_000, 4)
+    assert opts["proxy"] == cfg.proxies[0] and Path(opts["js_runtimes"]["deno"]["path"]).is_file()
+    assert "secret" not in repr(cfg) and "TOKEN" not in repr(cfg)
+    for bad, message in ((dict(extractor_args=("player_client=web",)), "IE:KEY=VALUE"),
+                         (dict(proxies=("10.0.0.1:3128",)), "proxies"),
+                         (dict(sleep_s=2.0, max_sleep_s=1.0), "max_sleep_s"),
+                         (dict(concurrent_fragments=0), "concurrent_fragments")):
+        with pytest.raises(ValueError, match=message):
+            Config(**bad)

@@ -102,6 +102,14 @@ def test_run_against_ray_start_head(tmp_path, samples_dir):
         assert sorted(kept.video_id) == ["talk_gap", "talk_gap", "talk_normal"]   # the first 3 rows
         assert len(list((tmp_path / "run" / "shards").glob("*.tar"))) == 2
         assert f":{port} (2 CPUs)" in proc.stdout    # it joined that cluster, not a new local one
+        doctor = subprocess.run([sys.executable, "-m", "pipeline", "doctor", "--ray-address", address, "--run",
+                                 str(tmp_path / "run"), "--profile", "pretrain"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        lines = {line[7:31].strip(): line for line in doctor.stdout.splitlines()}
+        assert "2 CPUs, 0 GPUs (" in lines["ray"] and lines["ray"].endswith(f":{port})")
+        assert "visible on all 1 node(s)" in lines["shared run folder"] and lines["js runtime"].startswith("[ ok ]")
+        assert not list((tmp_path / "run").glob(".doctor-*"))          # its probe file is gone
     finally:
         head.send_signal(signal.SIGTERM)     # `ray start --block` stops its processes on SIGTERM
         try:

@@ -26,16 +26,20 @@ class HostGate:
         self.paused_until: dict[str, float] = {}
         self.clock, self.sleep = clock, sleep
 
-    def wait(self, host: str, per_minute: float = 0.0) -> float:
-        """Blocks until a fetch from `host` may start; returns the seconds waited."""
-        with self.lock:
-            now = self.clock()
-            start = max(now, self.next_start.get(host, now), self.paused_until.get(host, now))
-            if per_minute > 0:
-                self.next_start[host] = start + 60.0 / per_minute
-        if start > now:
-            self.sleep(start - now)
-        return start - now
+    def wait(self, host: str, per_minute: float = 0.0, poll_s: float = 0.1) -> float:
+        """Blocks until a fetch from `host` may start: `60 / per_minute` s after the last start, and not
+        while the host is paused (a pause set while waiting counts: waiters look again every `poll_s`).
+        Returns the seconds waited."""
+        first = self.clock()
+        while True:
+            with self.lock:
+                now = self.clock()
+                earliest = max(self.next_start.get(host, now), self.paused_until.get(host, now))
+                if earliest <= now:
+                    if per_minute > 0:
+                        self.next_start[host] = now + 60.0 / per_minute
+                    return now - first
+            self.sleep(min(earliest - now, poll_s))
 
     def pause(self, host: str, seconds: float) -> None:
         """No fetch from `host` starts for `seconds` from now (a longer pause already set stays)."""
