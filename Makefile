@@ -1,5 +1,6 @@
 # `make pretrain-set` and `make test` each work as the first command on a fresh clone: they create
-# .venv, install the pinned dependencies and the system binaries (ffmpeg, espeak-ng) when missing.
+# .venv, install the pinned dependencies and the system binaries (ffmpeg, espeak-ng; chromium for the
+# tests) when missing.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -65,15 +65,15 @@ class Config:
 
 class ActiveSpeaker(ScoredStage):
     name = "active_speaker"
-
-    def thresholds(self) -> dict[str, tuple[float, ...]]:
-        return {"asd_ratio": (self.config.max_ratio,), "asd_max_track_share": ()}
     Config = Config
     schema = ACTIVE_SPEAKER
     threshold_fields = ("max_ratio",)
     runtime_fields = ("device", "cpu_threads", "weights")
     score_schema = pa.schema([ACTIVE_SPEAKER.field(n) for n in (
         "asd_ratio", "asd_windows", "asd_frames", "asd_tracks", "asd_speaking_tracks", "asd_max_track_share")])
+
+    def thresholds(self) -> dict[str, tuple[float, ...]]:
+        return {"asd_ratio": (self.config.max_ratio,), "asd_max_track_share": ()}
 
     def check(self) -> None:
         media.require_binaries("ffmpeg")

@@ -73,12 +73,12 @@ class Config:
 class ClipSplit(ColumnarStage):
     name = "clip_split"
     Config = Config
+    schema = CLIP_SPLIT
 
     def thresholds(self) -> dict[str, tuple[float, ...]]:
         rules = self.config.rules()
         rates = (rules.min_wps, rules.max_wps) if rules.checks_rate else ()
         return {"span": (rules.min_span, rules.max_span), "wps": rates}
-    schema = CLIP_SPLIT
 
     def resources(self) -> Resources:
         return Resources(cpus=1.0)

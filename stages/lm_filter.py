@@ -109,15 +109,15 @@ class Config:
 
 class LmFilter(ScoredStage):
     name = "lm_filter"
-
-    def thresholds(self) -> dict[str, tuple[float, ...]]:
-        return {"lm_loss": (self.config.min_loss, self.config.max_loss)}
     Config = Config
     schema = LM_FILTER
     threshold_fields = ("min_loss", "max_loss")
     # settings that never change a score: left out of the score cache key like the thresholds
     runtime_fields = ("batch_size", "max_batch_tokens", "cpu_threads")
     score_schema = pa.schema([("lm_loss", pa.float64()), ("lm_tokens", pa.int64())])
+
+    def thresholds(self) -> dict[str, tuple[float, ...]]:
+        return {"lm_loss": (self.config.min_loss, self.config.max_loss)}
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)

@@ -127,12 +127,12 @@ def local_path(url: str) -> str | None:
 
 class MetadataFilter(Stage):
     name = "metadata_filter"
-
-    def thresholds(self) -> dict[str, tuple[float, ...]]:
-        return {"duration": (self.config.min_duration, self.config.max_duration)}
     Config = Config
     schema = METADATA_FILTER
     needs_secrets = True   # probing fetches the url: the manifest's is redacted, ctx has the full one
+
+    def thresholds(self) -> dict[str, tuple[float, ...]]:
+        return {"duration": (self.config.min_duration, self.config.max_duration)}
 
     def resources(self) -> Resources:
         return Resources(cpus=0.5)

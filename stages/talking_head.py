@@ -229,13 +229,13 @@ PLANNED = {"asd": "active speaker detection as a talking_head backend (it is the
 
 class TalkingHead(ScoredStage):
     name = "talking_head"
-
-    def thresholds(self) -> dict[str, tuple[float, ...]]:
-        return {"talking_head": (self.config.max_score,)}
     Config = Config
     schema = TALKING_HEAD
     threshold_fields = ("max_score",)
     score_schema = pa.schema([TALKING_HEAD.field(n) for n in ("talking_head", "th_frames", "th_backend")])
+
+    def thresholds(self) -> dict[str, tuple[float, ...]]:
+        return {"talking_head": (self.config.max_score,)}
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)

@@ -100,9 +100,6 @@ class Config:
 
 class TranscriptLanguage(ScoredStage):
     name = "transcript_language"
-
-    def thresholds(self) -> dict[str, tuple[float, ...]]:
-        return {SCORE: (self.config.min_score,)}
     Config = Config
     schema = pa.schema(ROW + TRANSCRIPT_LANGUAGE)
     passthrough = True
@@ -111,6 +108,9 @@ class TranscriptLanguage(ScoredStage):
     # settings that never change a score: left out of the score cache key like the thresholds
     runtime_fields = ("batch_size", "cpu_threads")
     score_schema = pa.schema(TRANSCRIPT_LANGUAGE)
+
+    def thresholds(self) -> dict[str, tuple[float, ...]]:
+        return {SCORE: (self.config.min_score,)}
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
