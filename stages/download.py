@@ -37,6 +37,7 @@ Secrets: `cookies_file` is handed to yt-dlp as a private temporary copy; its pat
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -73,6 +74,7 @@ _ID_LOCKS: dict[str, threading.Lock] = {}
 _ID_LOCKS_GUARD = threading.Lock()
 _EXT_ALIASES = {"json": "json3", "json3": "json3", "vtt": "vtt", "webvtt": "vtt", "srt": "srt"}
 _LANG = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]+)*$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,9 @@ class Config:
     sleep_requests_s: float = 0.0               # yt-dlp: sleep between its extraction requests
     rate_limit_bytes: int = 0                   # yt-dlp: bytes/s per download (0: no limit)
     concurrent_fragments: int = 1               # yt-dlp: fragments of one DASH/HLS download fetched at once
-    extractor_args: tuple[str, ...] = ()        # yt-dlp --extractor-args, e.g. "youtube:player_client=web_safari;po_token=..."
+    # yt-dlp --extractor-args, e.g. "youtube:player_client=web_safari;po_token=$PO_TOKEN": a value written
+    # $NAME or ${NAME} is read from that environment variable (kept out of config.yaml and logs)
+    extractor_args: tuple[str, ...] = ()
     js_runtime: str = ""                        # deno binary for YouTube's player JS; empty: the deno package's
 
     def __post_init__(self) -> None:
@@ -186,6 +190,10 @@ class Download(Stage):
             import yt_dlp  # noqa: F401
         except ImportError:
             raise ValueError("the download stage needs yt-dlp: pip install yt-dlp") from None
+        unset = [name for name in self.secret_env() if not os.environ.get(name)]
+        if unset:
+            raise ValueError(f"download.extractor_args reads ${', $'.join(unset)} from the environment, which is not "
+                             f"set: export it before the run")
         cookies = self.config.cookies_file
         if cookies:
             path = Path(os.path.expanduser(cookies))
@@ -196,6 +204,22 @@ class Download(Stage):
 
     def threads(self) -> int:
         return self.config.concurrency
+
+    def secret_env(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m.group(1) or m.group(2) for item in self.config.extractor_args
+                                   for m in _ENV_REF.finditer(item)))
+
+    def _with_secrets(self, ctx: PartContext) -> Config:
+        """The config with `$NAME` references in extractor_args replaced by their values."""
+        if not self.config.extractor_args:
+            return self.config
+
+        def value(match: re.Match) -> str:
+            name = match.group(1) or match.group(2)
+            return ctx.env_secrets.get(name) or os.environ.get(name, "")
+
+        args = tuple(_ENV_REF.sub(value, item) for item in self.config.extractor_args)
+        return dataclasses.replace(self.config, extractor_args=args)
 
     def process_row(self, row: dict, ctx: PartContext) -> dict:
         media_dir = self._media_dir(ctx)
@@ -322,7 +346,7 @@ class Download(Stage):
                 raise DownloadFailure("unsupported_url",
                                       f"not a URL, YouTube id or existing file: {ctx.redact_url(url)[:100]}")
             try:
-                got = ytdlp.download(target, tmp, vid, cfg, captions=provided is None, proxy=proxy)
+                got = ytdlp.download(target, tmp, vid, self._with_secrets(ctx), captions=provided is None, proxy=proxy)
             except NoCaptions as exc:
                 raise _Dropped(f"no_captions: {exc}") from None
             placed = _Placed(got.video_path, ytdlp.clean_info(got.info, ctx.redact_params), got.captions_path,

@@ -420,3 +420,17 @@ def test_crawl_settings_reach_ytdlp_and_bad_ones_are_refused():
                          (dict(concurrent_fragments=0), "concurrent_fragments")):
         with pytest.raises(ValueError, match=message):
             Config(**bad)
+
+
+def test_extractor_args_read_secrets_from_the_environment(tmp_path, monkeypatch):
+    stage = Download(Download.Config(extractor_args=("youtube:player_client=web;po_token=web.gvs+${PO_TOKEN}",
+                                                     "generic:key=$OTHER_SECRET")))
+    assert stage.secret_env() == ("PO_TOKEN", "OTHER_SECRET")
+    monkeypatch.delenv("PO_TOKEN", raising=False)
+    with pytest.raises(ValueError, match=r"\$PO_TOKEN, \$OTHER_SECRET .*not set"):
+        stage.check()
+    ctx = PartContext(run_dir=str(tmp_path), part=0, env_secrets={"PO_TOKEN": "s3cr3t", "OTHER_SECRET": "k"})
+    resolved = ytdlp.parse_extractor_args(stage._with_secrets(ctx).extractor_args)
+    assert resolved == {"youtube": {"player_client": ["web"], "po_token": ["web.gvs+s3cr3t"]},
+                        "generic": {"key": ["k"]}}
+    assert "s3cr3t" not in ctx.redact("token web.gvs+s3cr3t")          # messages never quote it
