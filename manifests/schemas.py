@@ -87,6 +87,7 @@ ASR = pa.schema(ROW + [
     ("segments", pa.list_(SEGMENT)),
     ("audio_seconds", pa.float64()),
     ("words_past_media", pa.int64()),  # words dropped: they end after the decodable video (media_duration)
+    ("words_unaligned", pa.int64()),   # align: pocketsphinx: words left with Whisper's or interpolated times
 ])
 
 CLIP = [

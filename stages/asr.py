@@ -51,6 +51,10 @@ Word times then come from:
   are force-aligned (CTC Viterbi, `stages.lib.align`) to the frame log-probabilities of a wav2vec2 CTC
   model of the detected language (`align_models`); words that cannot be aligned (numbers, symbols) are
   interpolated between their neighbours; a segment that cannot be aligned keeps Whisper's times;
+- `align: pocketsphinx` - each Whisper segment's words force-aligned to its audio by CMU Sphinx's
+  en-us acoustic model (`stages.lib.sphinx_align`; offline, CPU, English only). Numbers and symbols
+  align through their spoken forms, words CMUdict lacks through espeak-ng's pronunciation; a segment
+  that cannot be aligned keeps Whisper's times, and those words are counted in `words_unaligned`;
 - `align: whisperx` - the whole transcription handed to the `whisperx` package (VAD, batched
   faster-whisper, wav2vec2 alignment). whisperx pins torch~=2.8 and pyannote, so it lives in its own
   environment (see DESIGN.md); `check()` says how to install it when it is missing.
@@ -61,6 +65,7 @@ produce) is kept once, and times are made monotonic and kept inside the audio.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import re
@@ -86,11 +91,11 @@ SAMPLE_RATE = 16_000
 CHUNK_SECONDS = 30              # Whisper's window: the VAD packs speech into chunks of at most this
 PACKAGE_MODEL = "tiny.en-package"
 BASE_PACKAGE_MODEL = "base-package"   # multilingual Whisper base: detects the language
-ALIGN_BACKENDS = ("whisper", "wav2vec2", "whisperx")
+ALIGN_BACKENDS = ("whisper", "wav2vec2", "whisperx", "pocketsphinx")
 DEVICES = ("cpu", "cuda")
 COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
                  "float16", "bfloat16", "float32")
-ALIGN_PAD_S = 0.5               # wav2vec2 window: a segment's Whisper times widened by this each side
+ALIGN_PAD_S = 0.5               # alignment window: a segment's Whisper times widened by this each side
 SEED = 0                        # the temperature fallback's sampling: the same words on every run
 
 
@@ -129,7 +134,7 @@ class Config:
     language: str | None = None          # None: detect per video; "en" skips detection
     languages: tuple[str, ...] = ("en",)  # keep list of detected languages; empty: keep any
     min_language_prob: float = 0.5       # detected language probability below this: dropped
-    align: str = "whisper"               # whisper | wav2vec2 | whisperx
+    align: str = "whisper"               # whisper | wav2vec2 | whisperx | pocketsphinx
     # Per-language wav2vec2 CTC models (hub ids or local folders) for align: wav2vec2 / whisperx.
     align_models: tuple[str, ...] = ("en=facebook/wav2vec2-base-960h",)
     ffmpeg_timeout_s: float = 600.0
@@ -194,6 +199,21 @@ def resolve_model(model: str) -> str:
     if model.startswith(("/", "./", "../", "~")):
         raise ValueError(f"model {model}: no such folder")
     return model  # a faster-whisper size name or a hub id: downloaded (or read from the HF cache) in setup
+
+
+def segment_windows(segments: list[dict], total: float) -> list[tuple[float, float]]:
+    """The audio span each Whisper segment is aligned in: its word times widened by ALIGN_PAD_S, never
+    past the middle of the gap to a neighbour, within [0, total]."""
+    out = []
+    for i, seg in enumerate(segments):
+        lo = seg["words"][0]["start"] - ALIGN_PAD_S
+        hi = seg["words"][-1]["end"] + ALIGN_PAD_S
+        if i > 0:
+            lo = max(lo, (segments[i - 1]["words"][-1]["end"] + seg["words"][0]["start"]) / 2)
+        if i + 1 < len(segments):
+            hi = min(hi, (seg["words"][-1]["end"] + segments[i + 1]["words"][0]["start"]) / 2)
+        out.append((max(0.0, lo), min(total, hi)))
+    return out
 
 
 def receptive_field(config: Any) -> int:
@@ -290,6 +310,7 @@ class Asr(Stage):
         self._decoder = None
         self._aligners: dict[str, Any] = {}
         self._whisperx = None
+        self._sphinx = None
 
     # -- contract -----------------------------------------------------------------------------------
     def resources(self) -> Resources:
@@ -314,6 +335,12 @@ class Asr(Stage):
             except ImportError:
                 raise ValueError(f"the asr stage needs faster-whisper: {INSTALL_ASR}") from None
         resolve_model(cfg.model)
+        if cfg.align == "pocketsphinx":
+            from stages.lib.sphinx_align import INSTALL
+
+            if importlib.util.find_spec("pocketsphinx") is None:
+                raise ValueError(f"align: pocketsphinx: {INSTALL}")
+            media.require_binaries("espeak-ng")     # pronunciations of words CMUdict lacks
         if cfg.align == "wav2vec2":
             try:
                 import torch  # noqa: F401
@@ -410,7 +437,7 @@ class Asr(Stage):
         seconds = round(audio.shape[0] / SAMPLE_RATE, 3)
         result = self.transcribe(audio)
         fields = {"audio_seconds": seconds, "language": result["language"],
-                  "language_prob": result["language_prob"]}
+                  "language_prob": result["language_prob"], "words_unaligned": result.get("words_unaligned")}
         if result.get("no_speech"):
             return dropped(base, "no_speech", **fields)
         if result.get("language_drop"):
@@ -473,6 +500,8 @@ class Asr(Stage):
                                 "words": words})
         if cfg.align == "wav2vec2" and decoded:
             decoded = self._align_wav2vec2(audio, decoded, info.language)
+        if cfg.align == "pocketsphinx" and decoded:
+            decoded, result["words_unaligned"] = self._align_sphinx(audio, decoded, info.language)
         result["segments"] = [{"start": round(float(s["words"][0]["start"]), 3),
                                "end": round(float(s["words"][-1]["end"]), 3), "text": s["text"]} for s in decoded]
         result["words"] = [w for s in decoded for w in s["words"]]
@@ -523,19 +552,8 @@ class Asr(Stage):
         aligner = self._aligner(language)
         if aligner is None:
             return segments
-        total = audio.shape[0] / SAMPLE_RATE
         out = []
-        for i, seg in enumerate(segments):
-            # the window: Whisper's segment times widened, never past the middle of the gap to a neighbour
-            lo = seg["words"][0]["start"] - ALIGN_PAD_S
-            hi = seg["words"][-1]["end"] + ALIGN_PAD_S
-            if i > 0:
-                prev_end = segments[i - 1]["words"][-1]["end"]
-                lo = max(lo, (prev_end + seg["words"][0]["start"]) / 2)
-            if i + 1 < len(segments):
-                next_start = segments[i + 1]["words"][0]["start"]
-                hi = min(hi, (seg["words"][-1]["end"] + next_start) / 2)
-            lo, hi = max(0.0, lo), min(total, hi)
+        for seg, (lo, hi) in zip(segments, segment_windows(segments, audio.shape[0] / SAMPLE_RATE)):
             first, last = int(round(lo * SAMPLE_RATE)), int(round(hi * SAMPLE_RATE))
             clip = audio[first:last]
             if clip.shape[0] < aligner["min_samples"]:
@@ -554,6 +572,33 @@ class Asr(Stage):
             words = [{**w, "start": a.start, "end": a.end} for w, a in zip(seg["words"], aligned)]
             out.append({**seg, "words": words})
         return out
+
+    # -- pocketsphinx alignment -----------------------------------------------------------------------
+    def _align_sphinx(self, audio: np.ndarray, segments: list[dict], language: str) -> tuple[list[dict], int]:
+        """Each segment's words force-aligned by pocketsphinx (English); returns the segments and the
+        number of words left with Whisper's (a failed segment) or interpolated (a token with nothing
+        to say) times."""
+        from stages.lib.align import interpolate
+        from stages.lib.sphinx_align import SphinxAligner
+
+        if not language.startswith("en"):
+            log.info("asr: pocketsphinx aligns English only; %s keeps Whisper's times", language)
+            return segments, sum(len(s["words"]) for s in segments)
+        if self._sphinx is None:
+            self._sphinx = SphinxAligner()
+        out, unaligned = [], 0
+        for seg, (lo, hi) in zip(segments, segment_windows(segments, audio.shape[0] / SAMPLE_RATE)):
+            first, last = int(round(lo * SAMPLE_RATE)), int(round(hi * SAMPLE_RATE))
+            times = self._sphinx.align([w["word"] for w in seg["words"]], audio[first:last])
+            missing = sum(t is None for t in times)
+            unaligned += missing
+            if missing == len(times):
+                log.info("asr: segment %.2f-%.2f not aligned: Whisper times kept", lo, hi)
+                out.append(seg)
+                continue
+            filled = interpolate([None if t is None else (lo + t[0], lo + t[1]) for t in times], lo, hi)
+            out.append({**seg, "words": [{**w, "start": a, "end": b} for w, (a, b) in zip(seg["words"], filled)]})
+        return out, unaligned
 
     # -- whisperx -------------------------------------------------------------------------------------
     def _transcribe_whisperx(self, audio: np.ndarray) -> dict:

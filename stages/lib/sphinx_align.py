@@ -21,6 +21,7 @@ import numpy as np
 from stages.lib.spoken_forms import clean_token, readings
 
 SAMPLE_RATE = 16000
+DITHER = 4.0        # int16 units (-78 dBFS): on exact digital silence the decoder loses every path
 FILLERS = {"<s>", "</s>", "<sil>", "[NOISE]", "[SPEECH]", "(NULL)"}
 INSTALL = "pip install pocketsphinx==5.1.1 (in the models extra: `make setup-models`)"
 
@@ -99,8 +100,10 @@ class SphinxAligner:
     def align(self, words: list[str], audio: np.ndarray) -> list[tuple[float, float] | None]:
         """Times within `audio` (16 kHz mono, int16 or float in [-1, 1]) of each of `words`; None for a
         token with nothing to say (punctuation only) and for all of them when the alignment fails."""
-        if audio.dtype != np.int16:
-            audio = np.clip(np.asarray(audio, np.float32) * 32768.0, -32768, 32767).astype(np.int16)
+        samples = np.asarray(audio, np.float32) * (32768.0 if audio.dtype != np.int16 else 1.0)
+        # dither (seeded: the same audio aligns the same way): produced videos hold runs of exact zeros
+        samples += np.random.default_rng(len(samples)).normal(0.0, DITHER, len(samples)).astype(np.float32)
+        audio = np.clip(np.round(samples), -32768, 32767).astype(np.int16)
         tokens = [clean_token(w) for w in words]
         spoken = [i for i, t in enumerate(tokens) if t]
         out: list[tuple[float, float] | None] = [None] * len(words)
