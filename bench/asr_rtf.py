@@ -82,23 +82,31 @@ def synth_word(word: str, voice: str = VOICE, speed: int = SPEED) -> np.ndarray:
     return samples[loud[0]:loud[-1] + 1]
 
 
+# espeak-ng voices and speeds (words per minute) for a set with several speakers
+VOICES = (("en", 175), ("en-us", 140), ("en-gb", 210), ("en+f3", 175), ("en+m3", 160), ("en-us+f2", 190))
+
+
 def synth_clip(sentences: list[str], path: str | Path, *, word_gap: tuple[float, float] = (0.12, 0.20),
                sentence_gap: float = 0.6, lead: float = 0.5, tail: float = 0.5, seed: int = 0,
-               cache: dict | None = None) -> list[tuple[float, float, str]]:
+               cache: dict | None = None, voices: tuple[tuple[str, int], ...] = ((VOICE, SPEED),)
+               ) -> list[tuple[float, float, str]]:
     """Write a WAV (22.05 kHz mono) of the sentences, each word synthesized separately and joined by a
-    random silence in `word_gap` (seconds; `sentence_gap` after a sentence). Returns the exact
-    (start, end, word) of every word, in seconds (sample-exact)."""
+    random silence in `word_gap` (seconds; `sentence_gap` after a sentence); sentence k is spoken by
+    voices[k % len(voices)] (espeak-ng voice, words per minute). Returns the exact (start, end, word)
+    of every word, in seconds (sample-exact)."""
     rng = np.random.default_rng(seed)
     cache = {} if cache is None else cache
     pieces = [np.zeros(int(lead * ESPEAK_RATE), np.int16)]
     pos = pieces[0].size
     truth = []
-    for sentence in sentences:
+    for k, sentence in enumerate(sentences):
+        voice, speed = voices[k % len(voices)]
         for word in sentence.split():
             spoken = re.sub(r"[^\w']", "", word)
-            if spoken not in cache:
-                cache[spoken] = synth_word(spoken)
-            audio = cache[spoken]
+            key = spoken if (voice, speed) == (VOICE, SPEED) else (voice, speed, spoken)
+            if key not in cache:
+                cache[key] = synth_word(spoken, voice, speed)
+            audio = cache[key]
             truth.append((pos / ESPEAK_RATE, (pos + audio.size) / ESPEAK_RATE, word))
             pieces.append(audio)
             pos += audio.size
@@ -140,8 +148,11 @@ def boundary_errors(truth: list[tuple[float, float, str]], words: list[dict]) ->
     starts = np.array([1000 * (words[j]["start"] - truth[i][0]) for i, j in pairs])
     ends = np.array([1000 * (words[j]["end"] - truth[i][1]) for i, j in pairs])
     both = np.abs(np.concatenate([starts, ends])) if pairs else np.array([np.nan])
+    starts_abs, ends_abs = (np.abs(starts), np.abs(ends)) if pairs else (np.array([np.nan]),) * 2
     return {"matched": len(pairs) / max(1, len(truth)), "n": len(pairs),
             "mean_ms": float(both.mean()), "max_ms": float(both.max()),
+            "start_mean_ms": float(starts_abs.mean()), "start_max_ms": float(starts_abs.max()),
+            "end_mean_ms": float(ends_abs.mean()), "end_max_ms": float(ends_abs.max()),
             "start_bias_ms": float(starts.mean()) if pairs else float("nan"),
             "end_bias_ms": float(ends.mean()) if pairs else float("nan")}
 
@@ -235,10 +246,13 @@ def bench_boundaries(workdir: Path, threads: int, align_model: str | None) -> No
     from pipeline.stage import PartContext
     from stages.asr import Asr, Config
 
-    truth = synth_clip(SENTENCES[:8], workdir / "known.wav", seed=1)
+    truth = synth_clip(SENTENCES[:12], workdir / "known.wav", seed=1, word_gap=(0.05, 0.6), voices=VOICES)
     rows = _rows([workdir / "known.wav"])
-    print(f"Word boundaries: {len(truth)} words with known times, espeak-ng voice {VOICE} at {SPEED} wpm")
-    backends = [("whisper", Config(cpu_threads=threads), "")]
+    seconds = truth[-1][1] + 1.1
+    print(f"Word boundaries: {len(truth)} words with known times ({seconds:.0f} s), espeak-ng voices "
+          f"{', '.join(f'{v} {s} wpm' for v, s in VOICES)}, pauses 50-600 ms")
+    backends = [("whisper", Config(cpu_threads=threads), ""),
+                ("pocketsphinx", Config(cpu_threads=threads, align="pocketsphinx"), "")]
     if align_model:
         backends.append(("wav2vec2", Config(cpu_threads=threads, align="wav2vec2",
                                             align_models=(f"en={align_model}",)), f"({align_model})"))
@@ -251,19 +265,25 @@ def bench_boundaries(workdir: Path, threads: int, align_model: str | None) -> No
         backends.append(("whisperx", Config(cpu_threads=threads, align="whisperx"), ""))
     except ImportError:
         print("  whisperx: not installed (separate environment), skipped")
+    print(f"  {'backend':12s} matched  start mean/max ms  end mean/max ms  bias start/end ms  unaligned  "
+          f"audio-s/s (ASR and alignment; alignment alone)")
+    whisper_s = None
     for name, cfg, note in backends:
         stage = Asr(cfg)
         stage.setup()
+        stage.process(rows, PartContext(run_dir=str(workdir), part=0))      # warm: lazy model parts
         t0 = time.perf_counter()
         row = stage.process(rows, PartContext(run_dir=str(workdir), part=0))[0]
         took = time.perf_counter() - t0
         if row["status"] != "ok":
-            print(f"  {name:9s} {row['status']}: {row['reason']}")
+            print(f"  {name:12s} {row['status']}: {row['reason']}")
             continue
+        whisper_s = took if name == "whisper" else whisper_s
+        alone = f"{seconds / (took - whisper_s):7.1f}" if whisper_s and took > whisper_s else "      -"
         e = boundary_errors(truth, row["words"])
-        print(f"  {name:9s} matched {e['matched']:.0%}  mean {e['mean_ms']:5.0f} ms  max {e['max_ms']:5.0f} ms  "
-              f"start bias {e['start_bias_ms']:+5.0f} ms  end bias {e['end_bias_ms']:+5.0f} ms  "
-              f"({took:.1f} s) {note}")
+        print(f"  {name:12s} {e['matched']:6.0%}  {e['start_mean_ms']:7.0f} / {e['start_max_ms']:5.0f}  "
+              f"{e['end_mean_ms']:7.0f} / {e['end_max_ms']:5.0f}  {e['start_bias_ms']:+6.0f} / {e['end_bias_ms']:+5.0f}  "
+              f"{row.get('words_unaligned') or 0:9d}  {seconds / took:7.1f}; {alone} {note}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,10 +292,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--files", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--align-model", default=None)
+    parser.add_argument("--boundaries-only", action="store_true", help="only the word boundary figures")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="asr-bench-") as tmp:
-        bench_rtf(Path(tmp), args.minutes, args.files, args.threads)
+        if not args.boundaries_only:
+            bench_rtf(Path(tmp), args.minutes, args.files, args.threads)
         bench_boundaries(Path(tmp), args.threads, args.align_model)
 
 

@@ -17,6 +17,7 @@ VAD region join can take its start from the removed silence (the -1.2 s outlier)
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import os
@@ -240,6 +241,26 @@ def test_pocketsphinx_alignment_moves_whispers_words_to_the_true_times(whisper_s
     ours, whisper = boundary_errors(truth["short"], aligned["words"]), boundary_errors(truth["short"], plain["words"])
     print(f"\npocketsphinx {ours} unaligned {aligned['words_unaligned']}\nwhisper {whisper}")
     assert ours["mean_ms"] < 0.6 * whisper["mean_ms"] and ours["max_ms"] < whisper["max_ms"]
+
+
+@needs_model
+def test_the_sft_profiles_word_times_are_within_50_ms_on_speech_with_known_times(tmp_path):
+    """The gate of the SFT profile's alignment backend: six espeak-ng voices at 140-210 words/min, words
+    joined by 50-600 ms pauses (bench/asr_rtf.py's word-boundary set): mean start and end errors of the
+    matched words <= 50 ms, no word lost by the alignment."""
+    from bench.asr_rtf import SENTENCES, VOICES, boundary_errors, synth_clip
+    from pipeline import config
+
+    cfg = config.load("sft").stage_configs["asr"]
+    truth = synth_clip(SENTENCES[:12], tmp_path / "known.wav", seed=1, word_gap=(0.05, 0.6), voices=VOICES)
+    stage = Asr(dataclasses.replace(cfg, cpu_threads=THREADS))
+    stage.check()
+    out = run(stage, tmp_path, [row("known.wav")])[0]
+    assert out["status"] == "ok", out["reason"]
+    figures = boundary_errors(truth, out["words"])
+    print(f"\n{cfg.align}: {figures}")
+    assert cfg.align == "pocketsphinx" and out["words_unaligned"] == 0 and figures["matched"] >= 0.85
+    assert figures["start_mean_ms"] <= 50 and figures["end_mean_ms"] <= 50, figures
 
 
 @needs_model
