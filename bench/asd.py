@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             asd.clip_asd(path, 0.0, args.seconds, model, faces, params)
         print(f"  {'clip_asd (end to end)':26s} {seconds / (time.perf_counter() - t):10.1f}")
         rate = {name: seconds / max(spent, 1e-9) for name, spent in baseline.items()}
-        print(f"\nbaseline                     video-s/s   (this way)")
+        print("\nbaseline                     video-s/s   (this way)")
         print(f"  {'detect, a call per frame':26s} {rate['detect']:10.1f}   ({seconds / parts['detect']:.1f})")
         print(f"  {'model, a call per track':26s} {rate['per_track']:10.1f}   ({seconds / parts['model']:.1f})")
         print(f"  {'model, a call per frame':26s} {rate['per_frame']:10.1f}   ({seconds / parts['model']:.1f})")
