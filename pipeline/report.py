@@ -38,6 +38,8 @@ def run_stages(store: RunStore) -> dict[str, Stage | None]:
     """The run's stages with the configs it ran with (None for a stage whose config no longer loads)."""
     from pipeline.config import ConfigError, build_dataclass, stage_class
 
+    if not store.exists(store.path("config.yaml")):      # a run of an older version: no thresholds
+        return {name: None for name in store.read_json("run.json").get("stages", [])}
     with store.fs.open(store.path("config.yaml"), "rb") as f:
         raw = yaml.safe_load(f.read()) or {}
     out: dict[str, Stage | None] = {}

@@ -79,6 +79,8 @@ def timeline_html(card: Card, row_seconds: float = 10.0) -> str:
     """The clip's words in rows of `row_seconds` of clip time, each word titled with its times."""
     rows: dict[int, list[str]] = {}
     for w in card.words:
+        if w.get("start") is None or w.get("end") is None:
+            continue
         start, end = float(w["start"]), float(w["end"])
         rows.setdefault(int(max(start - card.start, 0.0) // row_seconds), []).append(
             f'<span class="w" title="{start:.2f}-{end:.2f} s">{html.escape(str(w["word"]).strip())}</span>')

@@ -16,6 +16,8 @@ def test_cards_escape_markup_and_survive_missing_media(tmp_path):
     assert "<script" not in page and "<img src=x" not in page and "&lt;script&gt;" in page
     assert page.count('class="trow"') == 2          # words at 11 s and 22.5 s: two 10 s rows of the clip
     assert 'data-reason="too_short"' in page and "span 15" in page
+    card.words.append({"start": None, "end": None, "word": "untimed"})      # skipped, not a crash
+    assert "untimed" not in card_html(card)
 
 
 def test_pick_cards_takes_a_few_per_reason_spread_over_the_rows():
