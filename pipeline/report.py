@@ -60,14 +60,6 @@ def manifest_schema(store: RunStore, stage: str) -> pa.Schema | None:
         return pq.ParquetFile(f).schema_arrow
 
 
-def read_columns(store: RunStore, stage: str, columns: list[str]) -> pa.Table | None:
-    tables = []
-    for part in store.done_parts(stage):
-        with store.fs.open(store.manifest_path(stage, part), "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
-    return pa.concat_tables(tables, promote_options="permissive") if tables else None
-
-
 def histograms(store: RunStore, stages: dict[str, Stage | None]) -> list[dict]:
     """Per stage, each numeric column it scores or decides on: all its rows' values and the thresholds."""
     out = []
@@ -79,7 +71,7 @@ def histograms(store: RunStore, stages: dict[str, Stage | None]) -> list[dict]:
         columns = [c for c in dict.fromkeys([*limits, *stage.score_columns()])
                    if schema.get_field_index(c) >= 0 and
                    (pa.types.is_floating(schema.field(c).type) or pa.types.is_integer(schema.field(c).type))]
-        table = read_columns(store, name, columns) if columns else None
+        table = store.read_stage(name, columns) if columns else None
         for column in columns:
             values = [float(v) for v in pc.drop_null(table.column(column)).to_pylist()]
             out.append({"stage": name, "column": column, "values": values,
@@ -124,7 +116,7 @@ def gallery(store: RunStore, stages: dict[str, Stage | None], summary: dict, per
     card_stages = [n for n in clip_stages if CARD_COLUMNS <= set(schemas[n].names)]
     kept_ids = None
     if clip_stages and card_stages and clip_stages[-1] != card_stages[-1]:
-        final = read_columns(store, clip_stages[-1], ["clip_id", "status"])
+        final = store.read_stage(clip_stages[-1], ["clip_id", "status"])
         kept_ids = set(pc.filter(final.column("clip_id"), pc.equal(final.column("status"), "ok")).to_pylist())
     cards, examples = [], []
     for name in stages:

@@ -105,12 +105,13 @@ class RunStore:
         self.write_bytes(self.manifest_path(stage, part), data)
         return hashlib.sha256(data).hexdigest()
 
-    def read_manifest(self, stage: str, part: int) -> pa.Table:
+    def read_manifest(self, stage: str, part: int, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(self.manifest_path(stage, part), "rb") as f:
-            return pq.read_table(f)
+            return pq.read_table(f, columns=columns)
 
-    def read_stage(self, stage: str) -> pa.Table | None:
-        tables = [self.read_manifest(stage, p) for p in self.done_parts(stage)]
+    def read_stage(self, stage: str, columns: list[str] | None = None) -> pa.Table | None:
+        """All done parts of a stage's manifest (only `columns`, when given)."""
+        tables = [self.read_manifest(stage, p, columns) for p in self.done_parts(stage)]
         return pa.concat_tables(tables) if tables else None
 
     def marker(self, stage: str, part: int) -> dict | None:
