@@ -96,6 +96,8 @@ DEVICES = ("cpu", "cuda")
 COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
                  "float16", "bfloat16", "float32")
 ALIGN_PAD_S = 0.5               # alignment window: a segment's Whisper times widened by this each side
+SPHINX_PAD_S = 1.0              # the same for pocketsphinx (its grammar has optional silence at both ends;
+                                # Whisper starts run up to 0.7 s late, measured)
 SEED = 0                        # the temperature fallback's sampling: the same words on every run
 
 
@@ -201,13 +203,13 @@ def resolve_model(model: str) -> str:
     return model  # a faster-whisper size name or a hub id: downloaded (or read from the HF cache) in setup
 
 
-def segment_windows(segments: list[dict], total: float) -> list[tuple[float, float]]:
-    """The audio span each Whisper segment is aligned in: its word times widened by ALIGN_PAD_S, never
-    past the middle of the gap to a neighbour, within [0, total]."""
+def segment_windows(segments: list[dict], total: float, pad: float = ALIGN_PAD_S) -> list[tuple[float, float]]:
+    """The audio span each Whisper segment is aligned in: its word times widened by `pad`, never past
+    the middle of the gap to a neighbour, within [0, total]."""
     out = []
     for i, seg in enumerate(segments):
-        lo = seg["words"][0]["start"] - ALIGN_PAD_S
-        hi = seg["words"][-1]["end"] + ALIGN_PAD_S
+        lo = seg["words"][0]["start"] - pad
+        hi = seg["words"][-1]["end"] + pad
         if i > 0:
             lo = max(lo, (segments[i - 1]["words"][-1]["end"] + seg["words"][0]["start"]) / 2)
         if i + 1 < len(segments):
@@ -586,8 +588,12 @@ class Asr(Stage):
             return segments, sum(len(s["words"]) for s in segments)
         if self._sphinx is None:
             self._sphinx = SphinxAligner()
-        out, unaligned = [], 0
-        for seg, (lo, hi) in zip(segments, segment_windows(segments, audio.shape[0] / SAMPLE_RATE)):
+        out, unaligned, aligned_end = [], 0, None
+        windows = segment_windows(segments, audio.shape[0] / SAMPLE_RATE, pad=SPHINX_PAD_S)
+        for seg, (lo, hi) in zip(segments, windows):
+            if aligned_end is not None:
+                # the previous segment's aligned end is exact: a bound Whisper's late starts cannot cut into
+                lo = max(aligned_end, seg["words"][0]["start"] - SPHINX_PAD_S)
             first, last = int(round(lo * SAMPLE_RATE)), int(round(hi * SAMPLE_RATE))
             times = self._sphinx.align([w["word"] for w in seg["words"]], audio[first:last])
             missing = sum(t is None for t in times)
@@ -595,7 +601,9 @@ class Asr(Stage):
             if missing == len(times):
                 log.info("asr: segment %.2f-%.2f not aligned: Whisper times kept", lo, hi)
                 out.append(seg)
+                aligned_end = None
                 continue
+            aligned_end = lo + max(t[1] for t in times if t is not None)
             filled = interpolate([None if t is None else (lo + t[0], lo + t[1]) for t in times], lo, hi)
             out.append({**seg, "words": [{**w, "start": a, "end": b} for w, (a, b) in zip(seg["words"], filled)]})
         return out, unaligned

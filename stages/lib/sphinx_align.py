@@ -7,6 +7,15 @@ are the phones of its spoken forms (stages/lib/spoken_forms.py), so the times ma
 to one. Words missing from CMUdict get phones from espeak-ng (its IPA mapped to CMUdict's ARPAbet), all
 of a call's unknown words in one espeak-ng process.
 
+Two things around the decoder, both measured on speech with known word times (bench/asr_rtf.py):
+- The decoder hears the audio over a noise floor 25 dB under its loud frames. Its silence model was
+  trained on room noise: against digital silence (synthetic and produced audio) it loses to the words'
+  phones, which then spread into pauses (a "the" starting 350 ms early); a floor it knows puts the
+  pauses back in silence. A recording noisier than that is left as it is, give or take 0.4 dB.
+- Word edges then snap to the energy of the original audio (`snap_edges`): a leading or trailing
+  run of quiet frames inside a word is cut off, and a word end the model cut short runs on through
+  loud frames up to the next word. Only where the window has quiet frames to tell from loud ones.
+
 Alignment is all or nothing per call: when no path reaches the grammar's end (a wrong transcript,
 audio that does not hold the words) every word comes back None; callers align short spans (a VAD
 segment) so that one failure stays local.
@@ -21,7 +30,15 @@ import numpy as np
 from stages.lib.spoken_forms import clean_token, readings
 
 SAMPLE_RATE = 16000
-DITHER = 4.0        # int16 units (-78 dBFS): on exact digital silence the decoder loses every path
+FRAME = 160          # 10 ms, the decoder's frame
+FLOOR_DB = 25.0      # the noise floor the decoder hears, under the window's loud (95th percentile) frames
+MIN_FLOOR = 4.0      # int16 units (-78 dBFS): on exact digital silence the decoder loses every path
+SILPROB = 0.5        # silence between words as likely as none (pocketsphinx's default 0.005 favours
+                     # stretching a word over a pause; measured: max errors 350 -> 200 ms)
+EDGE_MARGIN_DB = 8.0      # a frame is sound when this far above the window's floor (10th percentile)
+EDGE_CONTRAST_DB = 15.0   # windows with less between quiet and loud frames (music beds) keep the model's edges
+EDGE_MAX_CUT = 0.6        # a quiet run is cut off a word only when the word keeps 40% of its length
+EDGE_MAX_EXTEND_S = 0.3   # how far a word end may run on through loud frames
 FILLERS = {"<s>", "</s>", "<sil>", "[NOISE]", "[SPEECH]", "(NULL)"}
 INSTALL = "pip install pocketsphinx==5.1.1 (in the models extra: `make setup-models`)"
 
@@ -76,7 +93,7 @@ class SphinxAligner:
 
         # wide beams: fewer words lost to pruning (measured: mean errors 42/45 ms vs 46/50 ms, 15% slower)
         beams = dict(beam=1e-80, wbeam=1e-60, pbeam=1e-80, maxhmmpf=-1) if wide_beams else {}
-        self.decoder = Decoder(lm=None, bestpath=False, loglevel="FATAL", **beams)
+        self.decoder = Decoder(lm=None, bestpath=False, loglevel="FATAL", silprob=SILPROB, **beams)
         self.frame_rate = float(self.decoder.config["frate"])
         self.added: set[str] = set()
 
@@ -101,9 +118,11 @@ class SphinxAligner:
         """Times within `audio` (16 kHz mono, int16 or float in [-1, 1]) of each of `words`; None for a
         token with nothing to say (punctuation only) and for all of them when the alignment fails."""
         samples = np.asarray(audio, np.float32) * (32768.0 if audio.dtype != np.int16 else 1.0)
-        # dither (seeded: the same audio aligns the same way): produced videos hold runs of exact zeros
-        samples += np.random.default_rng(len(samples)).normal(0.0, DITHER, len(samples)).astype(np.float32)
-        audio = np.clip(np.round(samples), -32768, 32767).astype(np.int16)
+        levels = frame_db(samples)
+        floor = max(MIN_FLOOR, 10 ** ((np.percentile(levels, 95) - FLOOR_DB) / 20)) if levels.size else MIN_FLOOR
+        # seeded: the same audio aligns the same way
+        heard = samples + np.random.default_rng(len(samples)).normal(0.0, floor, len(samples)).astype(np.float32)
+        audio = np.clip(np.round(heard), -32768, 32767).astype(np.int16)
         tokens = [clean_token(w) for w in words]
         spoken = [i for i, t in enumerate(tokens) if t]
         out: list[tuple[float, float] | None] = [None] * len(words)
@@ -118,6 +137,49 @@ class SphinxAligner:
         segments = [s for s in (decoder.seg() or []) if s.word not in FILLERS]
         if len(segments) != len(spoken):
             return out
-        for i, seg in zip(spoken, segments):
-            out[i] = (seg.start_frame / self.frame_rate, (seg.end_frame + 1) / self.frame_rate)
+        frames = snap_edges([(seg.start_frame, seg.end_frame + 1) for seg in segments], levels)
+        for i, (first, end) in zip(spoken, frames):
+            out[i] = (first / self.frame_rate, end / self.frame_rate)
         return out
+
+
+def frame_db(samples: np.ndarray) -> np.ndarray:
+    """Energy (dB over int16 units) of each whole 10 ms frame."""
+    n = len(samples) // FRAME
+    frames = np.asarray(samples[: n * FRAME], np.float64).reshape(n, FRAME)
+    return 10 * np.log10((frames ** 2).mean(axis=1) + 1.0)
+
+
+def snap_edges(spans: list[tuple[int, int]], levels: np.ndarray) -> list[tuple[int, int]]:
+    """Word spans (first frame, end frame), in order, moved onto the sound in `levels` (frame_db): a
+    quiet run at a word's start or end is cut off (when the word keeps EDGE_MAX_CUT of its length), and
+    an end followed by loud frames runs on through them, up to the next word and EDGE_MAX_EXTEND_S.
+    Unchanged where quiet and loud frames are not EDGE_CONTRAST_DB apart (no pause in the window, or a
+    bed of music or noise louder than the speech's quiet parts)."""
+    if levels.size < 10:
+        return spans
+    floor = np.percentile(levels, 10)
+    if np.percentile(levels, 90) - floor < EDGE_CONTRAST_DB:
+        return spans
+    loud = levels > floor + EDGE_MARGIN_DB
+    extend = int(round(EDGE_MAX_EXTEND_S * SAMPLE_RATE / FRAME))
+    out = []
+    for k, (first, end) in enumerate(spans):
+        first, end = min(first, loud.size), min(end, loud.size)
+        cut = int(EDGE_MAX_CUT * (end - first))
+        lead = first
+        while lead < end and not loud[lead]:
+            lead += 1
+        if lead < end and lead - first <= cut:
+            first = lead
+        tail = end
+        while tail > first + 1 and not loud[tail - 1]:
+            tail -= 1
+        if tail < end and end - tail <= cut:
+            end = tail
+        elif tail == end:
+            limit = min(loud.size, end + extend, spans[k + 1][0] if k + 1 < len(spans) else loud.size)
+            while end < limit and loud[end]:
+                end += 1
+        out.append((first, end))
+    return out
