@@ -56,7 +56,7 @@ $(VENV)/.installed-models: $(VENV)/.installed constraints.txt
 	touch $@
 
 samples: setup
-	$(PY) -m pipeline.samples samples/build
+	$(PY) -m synth.corpus samples/build
 
 pretrain-set: setup-models
 	$(PY) -m pipeline run pretrain $(RUN_FLAGS)
@@ -78,6 +78,7 @@ test: setup-models
 bench: setup-models
 	$(PY) -m bench.caption_clip
 	$(PY) -m bench.asr_rtf
+	$(PY) -m bench.word_times
 	$(PY) -m bench.lm_filter
 	$(PY) -m bench.talking_head
 	$(PY) -m bench.transcript_language

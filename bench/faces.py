@@ -24,7 +24,7 @@ import numpy as np
 
 
 def carphone_frames(count: int) -> np.ndarray:
-    from pipeline.samples import carphone_path
+    from synth.corpus import carphone_path
 
     proc = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(carphone_path()), "-frames:v", str(count),
                            "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True)

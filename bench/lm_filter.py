@@ -5,7 +5,7 @@ vs one clip at a time, on the same clips in the same run, with the real SmolLM2-
     python -m bench.lm_filter [--clips 60] [--batch-size 16] [--max-batch-tokens 8192] [--threads 1]
                               [--seed 0] [--repeat 1]
 
-Clips: the English prose of the sample corpus (pipeline/samples.py, bracketed cues such as [Music]
+Clips: the English prose of the sample corpus (synth/corpus.py, bracketed cues such as [Music]
 removed) laid into seeded "videos" of 2-4 texts each; a video is cut into consecutive clips of 75-300
 words (30-120 s at 2.5 words/s, the middle of the pretraining band) and each clip's `previous` is
 every word of its video before it, as clip_split writes it. Titles are the sample titles.
@@ -32,7 +32,7 @@ TITLES = ["How Bicycle Gears Work", "Planting a Spring Vegetable Bed", "The Week
 
 
 def sample_texts() -> list[list[str]]:
-    from pipeline import samples
+    from synth import corpus as samples
 
     texts = []
     for name, value in sorted(vars(samples).items()):
@@ -41,7 +41,7 @@ def sample_texts() -> list[list[str]]:
             if len(words) > 50:
                 texts.append(words)
     if not texts:
-        raise SystemExit("no sample texts found in pipeline/samples.py")
+        raise SystemExit("no sample texts found in synth/corpus.py")
     return texts
 
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 
 def sample_words() -> list[list[str]]:
-    from pipeline import samples
+    from synth import corpus as samples
 
     texts = []
     for name, value in sorted(vars(samples).items()):
@@ -43,7 +43,7 @@ def sample_words() -> list[list[str]]:
             if len(words) > 50:
                 texts.append(words)
     if not texts:
-        raise SystemExit("no sample texts found in pipeline/samples.py")
+        raise SystemExit("no sample texts found in synth/corpus.py")
     return texts
 
 

@@ -4,7 +4,7 @@ to the bare fastText predict loop over the same texts, in the same run: the rati
 
     python -m bench.transcript_language [--transcripts 3000] [--part-size 100] [--seed 0] [--repeat 3]
 
-Transcripts: the English prose of the sample corpus (pipeline/samples.py, bracketed cues removed) and, for
+Transcripts: the English prose of the sample corpus (synth/corpus.py, bracketed cues removed) and, for
 one transcript in ten, its German text, cut into seeded runs of 100-600 words (a 1-4 minute talk at
 2.5 words/s), laid into caption_words-shaped Arrow parts of `--part-size` rows (words with times).
 
@@ -29,7 +29,7 @@ import time
 
 def sample_texts() -> tuple[list[str], list[str]]:
     """(English words of the sample prose, German words)."""
-    from pipeline import samples
+    from synth import corpus as samples
 
     english: list[str] = []
     for name, value in sorted(vars(samples).items()):

@@ -54,7 +54,7 @@ class RunResult:
 def resolve_source(cfg: RunConfig) -> str:
     if cfg.run.source:
         return cfg.run.source
-    from pipeline.samples import build_samples
+    from synth.corpus import build_samples
 
     return str(build_samples(source_mod.default_source_dir() / "build"))
 

@@ -52,9 +52,11 @@ Word times then come from:
   model of the detected language (`align_models`); words that cannot be aligned (numbers, symbols) are
   interpolated between their neighbours; a segment that cannot be aligned keeps Whisper's times;
 - `align: pocketsphinx` - each Whisper segment's words force-aligned to its audio by CMU Sphinx's
-  en-us acoustic model (`stages.lib.sphinx_align`; offline, CPU, English only). Numbers and symbols
-  align through their spoken forms, words CMUdict lacks through espeak-ng's pronunciation; a segment
-  that cannot be aligned keeps Whisper's times, and those words are counted in `words_unaligned`;
+  en-us acoustic model (`stages.lib.sphinx_align`; offline, CPU, English only), in a window from the
+  previous segment's aligned end (Whisper's starts run late) to a second past its last word. Numbers
+  and symbols align through their spoken forms, words CMUdict lacks through espeak-ng's pronunciation;
+  a segment that cannot be aligned keeps Whisper's times, and those words are counted in
+  `words_unaligned`;
 - `align: whisperx` - the whole transcription handed to the `whisperx` package (VAD, batched
   faster-whisper, wav2vec2 alignment). whisperx pins torch~=2.8 and pyannote, so it lives in its own
   environment (see DESIGN.md); `check()` says how to install it when it is missing.

@@ -12,7 +12,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     """The sample corpus, built once (it is also the default source of `make pretrain-set`)."""
-    from pipeline.samples import build_samples
+    from synth.corpus import build_samples
     from pipeline.source import default_source_dir
 
     return build_samples(default_source_dir() / "build").parent

@@ -32,7 +32,7 @@ def test_tracks_bridge_short_gaps_and_drop_short_tracks():
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory, samples_dir) -> dict[str, Path]:
-    from pipeline.samples import carphone_path
+    from synth.corpus import carphone_path
 
     folder = tmp_path_factory.mktemp("asd")
     speech = samples_dir / "talking_face.mp4"

@@ -52,7 +52,7 @@ def norm(word: str) -> str:
 @pytest.fixture(scope="module")
 def long_talk(samples_dir, tmp_path_factory):
     """(row out of the asr stage, [(start, end) of each talk in the joined audio])."""
-    from bench.asr_rtf import write_wav
+    from synth.speech import write_wav
 
     pieces, spans, pos = [], [], 0
     pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), np.float32)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline.samples import http_source
+from synth.corpus import http_source
 from pipeline.store import RunStore
 from tests.support.browser import Browser
 from tests.support.http_server import LoopbackServer

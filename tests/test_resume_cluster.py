@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.samples import http_source
+from synth.corpus import http_source
 from tests.support.http_server import LoopbackServer
 from tests.support.runs import canonical_manifests, manifest, shard_digests
 

@@ -1,4 +1,4 @@
-"""The sample corpus (pipeline.samples) and the loopback HTTP fixture server."""
+"""The sample corpus (synth.corpus) and the loopback HTTP fixture server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import samples
+from synth import corpus as samples
 from tests.support.http_server import LoopbackServer
 
 needs_media_tools = pytest.mark.skipif(

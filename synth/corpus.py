@@ -9,7 +9,7 @@ Speech is synthesised with the ``espeak-ng`` CLI one caption chunk at a time; ea
 measured from its WAV and the chunks are laid end to end with known pauses, so every caption cue
 matches the audio to the millisecond. ``ffmpeg`` muxes the audio with a tiny synthetic picture.
 
-    python -m pipeline.samples OUT_DIR [--force]
+    python -m synth.corpus OUT_DIR [--force]
 
 Everything is deterministic: the same durations and captions on every run (and on one machine the
 same bytes). The output folder is built in a temporary sibling folder and renamed into place, so a
@@ -35,9 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from synth.speech import RATE, speak
+
 SAMPLES_VERSION = 4
 
-SAMPLE_RATE = 22050  # espeak-ng's native rate; the mp4 carries 16 kHz AAC
+SAMPLE_RATE = RATE  # espeak-ng's native rate; the mp4 carries 16 kHz AAC
 WIDTH, HEIGHT, FPS = 640, 480, 5
 STAMP_NAME = ".samples_stamp.json"
 BASE_PLACEHOLDER = "{base}"
@@ -328,16 +330,6 @@ def _applause(seconds: float, seed: int) -> array:
     return out
 
 
-def _read_wav(path: Path) -> array:
-    with wave.open(str(path), "rb") as w:
-        if w.getnchannels() != 1 or w.getsampwidth() != 2 or w.getframerate() != SAMPLE_RATE:
-            raise RuntimeError(f"unexpected espeak-ng WAV format in {path}")
-        data = array("h", w.readframes(w.getnframes()))
-    if sys.byteorder == "big":
-        data.byteswap()
-    return data
-
-
 def _write_wav(path: Path, samples: array) -> None:
     data = array("h", samples)
     if sys.byteorder == "big":
@@ -355,23 +347,18 @@ def _write_wav(path: Path, samples: array) -> None:
 
 
 class _Synth:
-    def __init__(self, work: Path):
-        self.work = work
+    def __init__(self):
         self.cache: dict[tuple[str, str, int], array] = {}
 
     def prefetch(self, requests: list[tuple[str, str, int]]) -> None:
         todo = sorted(set(requests) - set(self.cache))
         workers = max(1, min(8, (os.cpu_count() or 2) * 2))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for key, data in zip(todo, pool.map(self._synth, todo, range(len(todo)))):
+            for key, data in zip(todo, pool.map(self._synth, todo)):
                 self.cache[key] = data
 
-    def _synth(self, key: tuple[str, str, int], index: int) -> array:
-        text, voice, speed = key
-        path = self.work / f"chunk_{index:05d}.wav"
-        _run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text])
-        data = _read_wav(path)
-        path.unlink()
+    def _synth(self, key: tuple[str, str, int]) -> array:
+        data = array("h", speak(*key).astype("=i2").tobytes())
         if not data:
             raise RuntimeError(f"espeak-ng produced no audio for {text!r}")
         return data
@@ -909,7 +896,7 @@ def _build_into(tmp: Path, final_dir: Path) -> None:
     videos = _video_specs()
     with tempfile.TemporaryDirectory(prefix="samples-work-") as work_s:
         work = Path(work_s)
-        _compose(videos, _Synth(work))
+        _compose(videos, _Synth())
         for v in videos:
             if v.caption_kind == "vtt":
                 _write_vtt(tmp / v.caption_file, v.tl.cues, v.language)
@@ -990,7 +977,7 @@ def http_source(out_dir: str | Path, base_url: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.samples", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m synth.corpus", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--force", action="store_true", help="rebuild even if the corpus is up to date")
     args = parser.parse_args(argv)
