@@ -1,5 +1,5 @@
 """English speech synthesized by espeak-ng with every word's time known: what the sample corpus speaks
-(synth.corpus) and what the ASR benchmark and tests measure word times on (bench/asr_rtf.py).
+(synth.corpus) and what the ASR benchmarks and tests measure word times on (bench/word_times.py).
 
 - `speak(text, voice, speed)`: int16 samples at 22.05 kHz from the espeak-ng CLI.
 - `words_clip`: every word spoken on its own, its leading and trailing digital silence trimmed, the

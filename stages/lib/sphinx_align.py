@@ -7,7 +7,7 @@ are the phones of its spoken forms (stages/lib/spoken_forms.py), so the times ma
 to one. Words missing from CMUdict get phones from espeak-ng (its IPA mapped to CMUdict's ARPAbet), all
 of a call's unknown words in one espeak-ng process.
 
-Two things around the decoder, both measured on speech with known word times (bench/asr_rtf.py):
+Two things around the decoder, both measured on speech with known word times (bench/word_times.py):
 - The decoder hears the audio over a noise floor 25 dB under its loud frames. Its silence model was
   trained on room noise: against digital silence (synthetic and produced audio) it loses to the words'
   phones, which then spread into pauses (a "the" starting 350 ms early); a floor it knows puts the
