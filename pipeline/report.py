@@ -26,6 +26,7 @@ from pipeline.report_gallery import Card, add_thumbnails, card_html, pick_cards
 from pipeline.stage import Stage
 from pipeline.store import RunStore
 from pipeline.summary import summarize
+from pipeline.worker import reason_codes
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +90,24 @@ def resolve_media(store: RunStore, path: str | None) -> str | None:
 def sample_rows(store: RunStore, stage: str, quota: dict[tuple[str, str], int], seed: int = 0,
                 kept_ids: set[str] | None = None) -> list[dict]:
     """Whole rows meeting `quota` ({(status, reason code): rows}; ok rows only among `kept_ids` when
-    given), reading parts in a shuffled order until every quota is met (a large run reads a few parts)."""
+    given), reading parts in a shuffled order until every quota is met (a large run reads a few parts);
+    each with its `reason_code`, as the summary counts it."""
     parts = store.done_parts(stage)
     random.Random(seed).shuffle(parts)
     left, rows = dict(quota), []
     for part in parts:
         if not any(left.values()):
             break
-        for row in store.read_manifest(stage, part).to_pylist():
-            key = (row["status"], "" if row["status"] == "ok" else (row.get("reason") or "").split(":")[0].strip())
+        table = store.read_manifest(stage, part)
+        if table.num_rows == 0:
+            continue
+        for row, code in zip(table.to_pylist(), reason_codes(table).to_pylist()):
+            key = (row["status"], code)
             if kept_ids is not None and key[0] == "ok" and row.get("clip_id") not in kept_ids:
                 continue
             if left.get(key, 0) > 0:
                 left[key] -= 1
-                rows.append(row)
+                rows.append({**row, "reason_code": code})
     return rows
 
 
@@ -180,7 +185,7 @@ def render(summary: dict, funnel: list[dict], hists: list[dict], cards: list[Car
                                   f'h{i}') + "</figure>" for i, h in enumerate(hists)]
     sections: dict[tuple[str, str, str], list[str]] = {}
     for card in cards:
-        label = "kept" if card.status == "ok" else f'{card.status}: {card.reason.split(":")[0]}'
+        label = "kept" if card.status == "ok" else f"{card.status}: {card.code}"
         sections.setdefault((card.status != "ok", card.stage, label), []).append(card_html(card))
     gallery_html = "".join(f'<h3>{esc(stage)} - {esc(label)}</h3><div class="cards">{"".join(items)}</div>'
                            for (_, stage, label), items in sections.items())

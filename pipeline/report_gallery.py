@@ -17,6 +17,7 @@ class Card:
     stage: str
     status: str
     reason: str
+    code: str                           # the reason's code (worker.reason_codes)
     clip_id: str
     title: str
     start: float
@@ -29,17 +30,17 @@ class Card:
 
 def pick_cards(stage: str, rows: list[dict], scores: list[str], per_reason: int, kept: int) -> list[Card]:
     """Up to `per_reason` rows for each (status, reason code) of a clip stage's manifest, `kept` of its ok
-    rows; spread over the manifest (every n-th), not its first rows."""
+    rows; spread over the manifest (every n-th), not its first rows. Rows carry their `reason_code`
+    (report.sample_rows)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        code = (row.get("reason") or "").split(":")[0]
-        groups.setdefault((row["status"], code), []).append(row)
+        groups.setdefault((row["status"], row["reason_code"]), []).append(row)
     cards = []
-    for (status, _), members in sorted(groups.items()):
+    for (status, code), members in sorted(groups.items()):
         want = kept if status == "ok" else per_reason
         step = max(1, len(members) // max(1, want))
         for row in members[::step][:want]:
-            cards.append(Card(stage=stage, status=status, reason=row.get("reason") or "",
+            cards.append(Card(stage=stage, status=status, reason=row.get("reason") or "", code=code,
                               clip_id=str(row.get("clip_id") or row["id"]), title=str(row.get("title") or ""),
                               start=float(row.get("start") or 0.0), end=float(row.get("end") or 0.0),
                               words=list(row.get("words") or []),
@@ -95,7 +96,7 @@ def card_html(card: Card) -> str:
     scores = " ".join(f"<code>{esc(k)} {v:.3g}</code>" for k, v in card.scores.items())
     reason = f'<div class="reason">{esc(card.reason)}</div>' if card.reason else ""
     return (f'<div class="clip {esc(card.status)}" data-stage="{esc(card.stage)}" data-status="{esc(card.status)}" '
-            f'data-reason="{esc(card.reason.split(":")[0])}">'
+            f'data-reason="{esc(card.code)}">'
             f'<div class="head"><b>{esc(card.clip_id)}</b> {esc(card.title)} '
             f'<span class="time">{card.start:.1f}-{card.end:.1f} s, {len(card.words)} words</span></div>'
             f'<div class="thumbs">{thumbs}</div><div class="timeline">{timeline_html(card)}</div>'

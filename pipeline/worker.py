@@ -90,15 +90,21 @@ def _enforce_contract(table: pa.Table) -> pa.Table:
                             pc.if_else(bad, reason, table.column("reason")))
 
 
-def status_counts(table: pa.Table) -> dict[str, dict[str, int]]:
-    """{status: {reason code: rows}}; the code is the reason up to its first `:` ("" for ok rows)."""
-    counts: dict[str, dict[str, int]] = {s: {} for s in STATUSES}
-    if table.num_rows == 0:
-        return counts
+def reason_codes(table: pa.Table) -> pa.Array:
+    """Each row's reason code: its reason up to the first `:`, "unspecified" when it gives none, ""
+    for ok rows. The one definition the summary, the report and its gallery count rows by."""
     code = pc.utf8_trim_whitespace(pc.list_element(
         pc.split_pattern(pc.fill_null(table.column("reason"), ""), ":", max_splits=1), 0))
     code = pc.if_else(pc.equal(code, ""), "unspecified", code)
-    code = pc.if_else(pc.equal(table.column("status"), OK), "", code)
+    return pc.if_else(pc.equal(table.column("status"), OK), "", code)
+
+
+def status_counts(table: pa.Table) -> dict[str, dict[str, int]]:
+    """{status: {reason code: rows}} (reason_codes)."""
+    counts: dict[str, dict[str, int]] = {s: {} for s in STATUSES}
+    if table.num_rows == 0:
+        return counts
+    code = reason_codes(table)
     grouped = pa.table({"status": table.column("status"), "code": code}).group_by(
         ["status", "code"]).aggregate([([], "count_all")])
     for status, c, n in zip(*(grouped.column(k).to_pylist() for k in ("status", "code", "count_all"))):
