@@ -20,7 +20,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from manifests.schemas import ASR, CAPTION_WORDS, TRANSCRIPT_LANGUAGE  # noqa: E402
-from pipeline import config, samples  # noqa: E402
+from pipeline import config  # noqa: E402
+from synth import corpus as samples  # noqa: E402
 from pipeline.config import ConfigError, build_dataclass  # noqa: E402
 from pipeline.runner import check_columns  # noqa: E402
 from pipeline.stage import PartContext, Resources  # noqa: E402
