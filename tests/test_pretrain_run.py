@@ -250,7 +250,7 @@ def test_http_source_through_ytdlp(tmp_path, samples_dir, ray_local):
     real download path."""
     with LoopbackServer(samples_dir) as server:
         src = http_source(samples_dir, server.base_url)
-        result = run_pretrain(tmp_path / "run", src)
+        result = run_pretrain(tmp_path / "run", src, f"stages=[{', '.join(STAGES[:STAGES.index('clip_split') + 1])}]")
     assert result.ok, result.failed
     clips = manifest(tmp_path / "run", "clip_split")
     assert Counter(clips[clips.status == "ok"].video_id) == Counter(KEPT_CLIPS)
