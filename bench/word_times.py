@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synth.speech import (RATE, SENTENCES, VOICES, Truth, audible_times, mix_noise, talk_clip, words_clip,
+from synth.speech import (SENTENCES, VOICES, Truth, audible_times, mix_noise, talk_clip, words_clip,
                           write_wav)
 
 NOISY = (("white", 20), ("white", 10), ("pink", 15), ("music", 15))

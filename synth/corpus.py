@@ -360,7 +360,7 @@ class _Synth:
     def _synth(self, key: tuple[str, str, int]) -> array:
         data = array("h", speak(*key).astype("=i2").tobytes())
         if not data:
-            raise RuntimeError(f"espeak-ng produced no audio for {text!r}")
+            raise RuntimeError(f"espeak-ng produced no audio for {key[0]!r}")
         return data
 
     def __call__(self, text: str, voice: str, speed: int) -> array:
