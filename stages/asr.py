@@ -10,7 +10,8 @@ decodable length, download's `media_duration`: an audio track can outlast a trun
 Drops: `no_audio` (the media has no audio stream), `no_speech` (the VAD or Whisper found no word),
 `language: xx (p=0.93)` (detected language not in `languages`, or below `min_language_prob`),
 `past_media: ...` (every word ends after the video).
-Errors: `corrupt_media: ...` (ffmpeg cannot decode the audio), and any exception of one row.
+Errors: `corrupt_media: ...` (ffmpeg cannot decode the audio), `no_media` (the file is missing),
+`decode_timeout`, and any exception of one row.
 Resources: a long-lived actor per worker that loads the models once in `setup()`: one CPU per
 `cpu_threads` on CPU, one GPU when `device` is cuda.
 
@@ -71,7 +72,6 @@ import importlib.util
 import logging
 import math
 import re
-import subprocess
 import tempfile
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -229,16 +229,12 @@ def receptive_field(config: Any) -> int:
     return field
 
 
-class NoAudio(Exception):
-    pass
-
-
 def load_audio(path: str, timeout: float = 600.0) -> np.ndarray:
     """The first audio stream of `path` as 16 kHz mono float32, decoded by the ffmpeg CLI into a pipe.
 
     Local paths and http(s) URLs are read by ffmpeg itself; other URIs (s3://, gs://, ...) are copied
     to a temporary file through fsspec first (ffmpeg needs a seekable input for most mp4 files).
-    Raises NoAudio when there is no audio stream, media.MediaError("corrupt_media") when ffmpeg fails.
+    Raises media.MediaError (media.ffmpeg_output's reason codes: `no_audio`, `no_media`, ...).
     """
     if path.startswith("file://"):
         path = path[len("file://"):]
@@ -255,18 +251,8 @@ def load_audio(path: str, timeout: float = 600.0) -> np.ndarray:
             return load_audio(tmp.name, timeout)
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", path, "-map", "0:a:0", "-vn", "-sn", "-dn",
            "-ac", "1", "-ar", str(SAMPLE_RATE), "-c:a", "pcm_f32le", "-f", "f32le", "pipe:1"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise media.MediaError("corrupt_media", f"ffmpeg took more than {timeout:.0f}s") from None
-    stderr = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        if "matches no streams" in stderr:
-            raise NoAudio("no audio stream")
-        detail = " ".join(stderr.split())[-200:] or f"ffmpeg exit {proc.returncode}"
-        raise media.MediaError("corrupt_media", detail)
-    usable = len(proc.stdout) - len(proc.stdout) % 4
-    return np.frombuffer(proc.stdout[:usable], dtype=np.float32)
+    raw = media.ffmpeg_output(cmd, timeout, "audio")
+    return np.frombuffer(raw[: len(raw) - len(raw) % 4], dtype=np.float32)
 
 
 def vad_options():
@@ -422,20 +408,18 @@ class Asr(Stage):
         """The decoded audio, or the exception that says why there is none (returned, not raised, so
         the prefetch thread hands it over with the row)."""
         if row.get("has_audio") is False:
-            return NoAudio("download found no audio stream")
+            return media.MediaError("no_audio", "download found no audio stream")
         if not row.get("media_path"):
-            return media.MediaError("corrupt_media", "no media_path")
+            return media.MediaError("no_media", "the row has no media_path")
         try:
             return load_audio(ctx.resolve(row["media_path"]), self.config.ffmpeg_timeout_s)
-        except (NoAudio, media.MediaError) as exc:
+        except media.MediaError as exc:
             return exc
 
     def _row(self, row: dict, audio: np.ndarray | BaseException) -> dict:
         base = self._base(row)
-        if isinstance(audio, NoAudio):
-            return dropped(base, "no_audio")
         if isinstance(audio, media.MediaError):
-            return error(base, str(audio))
+            return dropped(base, "no_audio") if audio.code == "no_audio" else error(base, str(audio))
         if isinstance(audio, BaseException):
             raise audio
         seconds = round(audio.shape[0] / SAMPLE_RATE, 3)

@@ -298,7 +298,7 @@ def test_drops_and_errors_keep_their_rows_in_order(whisper_stage, speech):
     got = {r["id"]: (r["status"], (r["reason"] or "").split(":")[0]) for r in out}
     assert got == {"video_only": ("dropped", "no_audio"), "speech_mp4": ("ok", ""),
                    "silence": ("dropped", "no_speech"), "told_no_audio": ("dropped", "no_audio"),
-                   "corrupt": ("error", "corrupt_media"), "missing": ("error", "corrupt_media")}
+                   "corrupt": ("error", "corrupt_media"), "missing": ("error", "no_media")}
     silence = next(r for r in out if r["id"] == "silence")
     assert silence["audio_seconds"] == pytest.approx(8.0, abs=0.05)
     # AAC in mp4 keeps the timeline: same words, same times as the WAV within a frame or two

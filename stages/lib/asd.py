@@ -19,13 +19,12 @@ Per clip:
 """
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from stages.lib import light_asd
-from stages.lib.media import MediaError
+from stages.lib.media import MediaError, ffmpeg_output
 
 FPS = 25
 ROWS_PER_FRAME = 4
@@ -69,26 +68,9 @@ class AsdResult:
         return max((float((t.scores > 0).mean()) for t in self.tracks), default=0.0)
 
 
-def decode(cmd: list[str], timeout: float, stream: str) -> bytes:
-    """ffmpeg's raw output; failures as MediaError with the manifest's reason code (`no_media`, `no_audio`
-    or `no_video` by `stream`, `decode_timeout`, `corrupt_media`)."""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise MediaError("decode_timeout", f"ffmpeg took more than {timeout:.0f}s") from None
-    if proc.returncode == 0:
-        return proc.stdout
-    detail = proc.stderr.decode(errors="replace").strip()
-    if "No such file" in detail:
-        raise MediaError("no_media", "the media file is missing")
-    if "matches no streams" in detail:
-        raise MediaError(f"no_{stream}", f"the media has no {stream} stream")
-    raise MediaError("corrupt_media", f"the {stream} does not decode: {detail[-300:]}")
-
-
 def clip_audio(path: str, start: float, end: float, timeout: float) -> np.ndarray:
     """The clip's audio, 16 kHz mono int16, scaled to its peak (truncated, as the reference)."""
-    raw = decode(["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.3f}", "-i", path, "-t", f"{end - start:.3f}",
+    raw = ffmpeg_output(["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.3f}", "-i", path, "-t", f"{end - start:.3f}",
                   "-map", "0:a:0", "-ac", "1", "-ar", str(light_asd.SAMPLE_RATE), "-f", "s16le", "-"], timeout, "audio")
     samples = np.frombuffer(raw, dtype=np.int16).astype(np.float64)
     peak = np.abs(samples).max() if len(samples) else 0.0
@@ -98,7 +80,7 @@ def clip_audio(path: str, start: float, end: float, timeout: float) -> np.ndarra
 def window_rgb(path: str, start: float, frames: int, params: AsdParams) -> np.ndarray:
     """(frames, H, W, 3) uint8 RGB frames at 25 fps from `start` (fewer when the media ends)."""
     w, h = params.detect_width, params.detect_height
-    raw = decode(["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.3f}", "-i", path, "-map", "0:v:0",
+    raw = ffmpeg_output(["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.3f}", "-i", path, "-map", "0:v:0",
                   "-vf", f"fps={FPS},scale={w}:{h}", "-frames:v", str(frames), "-f", "rawvideo", "-pix_fmt", "rgb24",
                   "-"], params.timeout_s, "video")
     return np.frombuffer(raw, dtype=np.uint8)[: len(raw) // (w * h * 3) * w * h * 3].reshape(-1, h, w, 3)

@@ -33,6 +33,24 @@ def _ffmpeg_message(stderr: str) -> str:
     return re.sub(r"\[[^\]]* @ 0x[0-9a-f]+\] ?", "", " ".join(stderr.split()))[-200:]
 
 
+def ffmpeg_output(cmd: list[str], timeout: float, stream: str) -> bytes:
+    """What an ffmpeg command that decodes one `stream` ("audio" or "video") writes to stdout; failures
+    as MediaError with the manifest's reason code: `no_media` (no such file), `no_audio`/`no_video`
+    (the media has no such stream), `decode_timeout`, `corrupt_media`."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise MediaError("decode_timeout", f"ffmpeg took more than {timeout:.0f}s") from None
+    if proc.returncode == 0:
+        return proc.stdout
+    detail = _ffmpeg_message(proc.stderr.decode("utf-8", "replace")) or f"ffmpeg exit {proc.returncode}"
+    if "No such file" in detail:
+        raise MediaError("no_media", "the media file is missing")
+    if "matches no streams" in detail:
+        raise MediaError(f"no_{stream}", f"the media has no {stream} stream")
+    raise MediaError("corrupt_media", f"the {stream} does not decode: {detail}")
+
+
 def require_binaries(*names: str) -> None:
     missing = [n for n in names if shutil.which(n) is None]
     if missing:
